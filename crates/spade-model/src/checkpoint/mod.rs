@@ -1,0 +1,143 @@
+//! Checkpoint files: an official folder (`opt.txt`, `latest_net_G.pth`, optionally
+//! `latest_net_E.pth`) or one converted safetensors file, read into named CPU tensors.
+
+pub mod pth;
+pub mod safetensors;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+
+/// Prefix of the generator tensors in a converted file (the official model attribute).
+pub const GENERATOR_PREFIX: &str = "netG";
+/// Prefix of the encoder tensors in a converted file.
+pub const ENCODER_PREFIX: &str = "netE";
+
+/// The state dict of one network and the file it came from (for error messages).
+#[derive(Debug, Clone)]
+pub struct StateDict {
+    pub source: PathBuf,
+    pub tensors: HashMap<String, Tensor>,
+}
+
+impl StateDict {
+    /// A builder that serves these tensors as `dtype` on `device`.
+    pub fn var_builder(&self, dtype: DType, device: &Device) -> VarBuilder<'static> {
+        VarBuilder::from_tensors(self.tensors.clone(), dtype, device)
+    }
+
+    /// Wraps a construction error with the file name.
+    pub fn context(&self, error: Error) -> Error {
+        match error {
+            Error::Candle(e) => Error::checkpoint(&self.source, e),
+            other => other,
+        }
+    }
+}
+
+/// A model's config with the state dicts of its generator and (optional) encoder.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    pub config: Config,
+    pub generator: StateDict,
+    pub encoder: Option<StateDict>,
+}
+
+impl Checkpoint {
+    /// Opens a checkpoint folder or a `.safetensors` file written by [`Checkpoint::save`].
+    pub fn open(path: &Path) -> Result<Self> {
+        if path.is_dir() {
+            Self::open_folder(path)
+        } else if path.is_file() {
+            Self::open_safetensors(path)
+        } else {
+            Err(Error::checkpoint(
+                path,
+                "no such folder or file (expected a folder with opt.txt and latest_net_G.pth, \
+                 or a converted .safetensors file)",
+            ))
+        }
+    }
+
+    fn open_folder(dir: &Path) -> Result<Self> {
+        let opt = dir.join("opt.txt");
+        if !opt.is_file() {
+            return Err(Error::checkpoint(dir, "missing opt.txt"));
+        }
+        let config = Config::from_opt_txt(&opt).map_err(|e| Error::checkpoint(&opt, e))?;
+        let g_path = dir.join("latest_net_G.pth");
+        if !g_path.is_file() {
+            return Err(Error::checkpoint(dir, "missing latest_net_G.pth"));
+        }
+        let generator = StateDict {
+            tensors: pth::read(&g_path)?,
+            source: g_path,
+        };
+        let e_path = dir.join("latest_net_E.pth");
+        let encoder = if e_path.is_file() {
+            Some(StateDict {
+                tensors: pth::read(&e_path)?,
+                source: e_path,
+            })
+        } else {
+            None
+        };
+        Ok(Self {
+            config,
+            generator,
+            encoder,
+        })
+    }
+
+    fn open_safetensors(path: &Path) -> Result<Self> {
+        let (config, tensors) = safetensors::read(path)?;
+        let mut generator = HashMap::new();
+        let mut encoder = HashMap::new();
+        for (name, tensor) in tensors {
+            let (prefix, rest) = name.split_once('.').unwrap_or(("", &name));
+            match prefix {
+                GENERATOR_PREFIX => generator.insert(rest.to_string(), tensor),
+                ENCODER_PREFIX => encoder.insert(rest.to_string(), tensor),
+                _ => {
+                    return Err(Error::checkpoint(
+                        path,
+                        format!("tensor `{name}` is neither under `netG.` nor `netE.`"),
+                    ))
+                }
+            };
+        }
+        if generator.is_empty() {
+            return Err(Error::checkpoint(path, "holds no `netG.` tensors"));
+        }
+        let dict = |tensors| StateDict {
+            source: path.to_path_buf(),
+            tensors,
+        };
+        Ok(Self {
+            config,
+            generator: dict(generator),
+            encoder: (!encoder.is_empty()).then(|| dict(encoder)),
+        })
+    }
+
+    /// Writes everything to one safetensors file, config included.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let prefixed = |prefix: &str, dict: &StateDict| {
+            dict.tensors
+                .iter()
+                .map(move |(k, v)| (format!("{prefix}.{k}"), v.clone()))
+                .collect::<Vec<_>>()
+        };
+        let mut all: HashMap<String, Tensor> =
+            prefixed(GENERATOR_PREFIX, &self.generator).into_iter().collect();
+        if let Some(encoder) = &self.encoder {
+            all.extend(prefixed(ENCODER_PREFIX, encoder));
+        }
+        safetensors::write(path, &self.config, &all)
+    }
+}

@@ -1,0 +1,43 @@
+//! Converted checkpoints: one safetensors file holding the generator (`netG.` prefix),
+//! the encoder if any (`netE.`), and the config as JSON in the header metadata.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+
+/// Metadata key holding the config JSON.
+const CONFIG_KEY: &str = "spade_config";
+
+/// Reads the tensors (prefixes kept) and the config stored in the header.
+pub fn read(path: &Path) -> Result<(Config, HashMap<String, Tensor>)> {
+    let fail = |reason: String| Error::checkpoint(path, reason);
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| fail(format!("not a valid safetensors file: {e}")))?;
+    let config_json = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(CONFIG_KEY))
+        .ok_or_else(|| {
+            fail(format!(
+                "no `{CONFIG_KEY}` in the header metadata; convert checkpoints with `spade convert`"
+            ))
+        })?;
+    let config = Config::from_json_str(config_json).map_err(|e| fail(e.to_string()))?;
+    let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+        .map_err(|e| fail(e.to_string()))?;
+    Ok((config, tensors))
+}
+
+/// Writes atomically: a temporary file beside `path`, renamed over it when complete.
+pub fn write(path: &Path, config: &Config, tensors: &HashMap<String, Tensor>) -> Result<()> {
+    let metadata = HashMap::from([(CONFIG_KEY.to_string(), config.to_json())]);
+    let tmp = path.with_extension("safetensors.partial");
+    safetensors::serialize_to_file(tensors.iter(), Some(metadata), &tmp)
+        .map_err(|e| Error::checkpoint(&tmp, e.to_string()))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}

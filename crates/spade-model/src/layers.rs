@@ -1,0 +1,275 @@
+//! The building blocks the networks are written in: convolution (with spectral norm folded
+//! in at load), parameter-free normalisation and the resizes with PyTorch's exact sampling.
+//!
+//! The network modules only call what is here, so a faster implementation of any block
+//! (a custom CPU kernel, a fused op) replaces it in this one place.
+
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::VarBuilder;
+
+use crate::config::NormKind;
+use crate::error::Result;
+
+/// Epsilon of PyTorch's BatchNorm2d and InstanceNorm2d.
+const NORM_EPS: f64 = 1e-5;
+/// Epsilon of `torch.nn.utils.spectral_norm`.
+const SPECTRAL_EPS: f64 = 1e-12;
+
+/// A 2-D convolution with square kernel, zero padding and optional bias.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    stride: usize,
+    padding: usize,
+}
+
+/// Shape of a convolution as the official module declares it.
+#[derive(Debug, Clone, Copy)]
+pub struct ConvSpec {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+    pub bias: bool,
+    /// Wrapped in `spectral_norm`: the weight is stored as `weight_orig`, `weight_u`, `weight_v`.
+    pub spectral: bool,
+}
+
+impl ConvSpec {
+    /// A stride-1 convolution padded to keep the spatial size, with bias, no spectral norm.
+    pub fn same(in_channels: usize, out_channels: usize, kernel: usize) -> Self {
+        Self {
+            in_channels,
+            out_channels,
+            kernel,
+            stride: 1,
+            padding: kernel / 2,
+            bias: true,
+            spectral: false,
+        }
+    }
+}
+
+impl Conv2d {
+    pub fn new(spec: ConvSpec, vb: VarBuilder) -> Result<Self> {
+        let shape = (
+            spec.out_channels,
+            spec.in_channels,
+            spec.kernel,
+            spec.kernel,
+        );
+        let weight = if spec.spectral {
+            spectral_normalized(&vb, shape)?
+        } else {
+            vb.get(shape, "weight")?
+        };
+        let bias = if spec.bias {
+            Some(vb.get(spec.out_channels, "bias")?)
+        } else {
+            None
+        };
+        Ok(Self {
+            weight,
+            bias,
+            stride: spec.stride,
+            padding: spec.padding,
+        })
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
+            None => Ok(y),
+        }
+    }
+}
+
+/// The weight PyTorch's spectral norm uses in eval mode: `weight_orig / σ` with
+/// `σ = u · (W v)` from the stored vectors (no power iteration).
+fn spectral_normalized(vb: &VarBuilder, shape: (usize, usize, usize, usize)) -> Result<Tensor> {
+    let (out_c, in_c, kh, kw) = shape;
+    let orig = vb.get(shape, "weight_orig")?;
+    let u = vb.get(out_c, "weight_u")?;
+    let v = vb.get(in_c * kh * kw, "weight_v")?;
+    let w = orig.reshape((out_c, in_c * kh * kw))?;
+    let wv = w.matmul(&v.unsqueeze(1)?)?.squeeze(1)?;
+    let sigma = (u * wv)?.sum_all()?.to_scalar::<f32>()?;
+    Ok((orig / f64::from(sigma).max(SPECTRAL_EPS))?)
+}
+
+/// A fully connected layer with bias (`nn.Linear`).
+pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<candle_nn::Linear> {
+    Ok(candle_nn::linear(in_dim, out_dim, vb)?)
+}
+
+/// Parameter-free normalisation: instance statistics, or batch-norm running statistics
+/// (eval mode), with an optional affine part (`BatchNorm2d(affine=True)` in the encoder).
+#[derive(Debug, Clone)]
+pub enum Norm {
+    Instance,
+    Batch { scale: Tensor, shift: Tensor },
+}
+
+impl Norm {
+    /// Loads `running_mean`/`running_var` (and `weight`/`bias` when `affine`) for batch norm.
+    pub fn new(kind: NormKind, channels: usize, affine: bool, vb: VarBuilder) -> Result<Self> {
+        match kind {
+            NormKind::Instance => Ok(Norm::Instance),
+            NormKind::Batch => {
+                let mean = vb.get(channels, "running_mean")?;
+                let var = vb.get(channels, "running_var")?;
+                let mut scale = (var + NORM_EPS)?.sqrt()?.recip()?;
+                let mut shift = (mean.neg()? * &scale)?;
+                if affine {
+                    let gamma = vb.get(channels, "weight")?;
+                    let beta = vb.get(channels, "bias")?;
+                    scale = (scale * &gamma)?;
+                    shift = ((shift * gamma)? + beta)?;
+                }
+                let per_channel = |t: Tensor| t.reshape((1, channels, 1, 1));
+                Ok(Norm::Batch {
+                    scale: per_channel(scale)?,
+                    shift: per_channel(shift)?,
+                })
+            }
+        }
+    }
+}
+
+impl Module for Norm {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Norm::Instance => instance_norm(x),
+            Norm::Batch { scale, shift } => x.broadcast_mul(scale)?.broadcast_add(shift),
+        }
+    }
+}
+
+/// Per-sample, per-channel normalisation with the biased variance.
+fn instance_norm(x: &Tensor) -> candle_core::Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    if h * w == 1 {
+        candle_core::bail!(
+            "instance norm needs more than one spatial element per channel, got {n}x{c}x{h}x{w}"
+        );
+    }
+    let flat = x.reshape((n, c, h * w))?;
+    let mean = flat.mean_keepdim(D::Minus1)?;
+    let centered = flat.broadcast_sub(&mean)?;
+    let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+    centered
+        .broadcast_div(&(var + NORM_EPS)?.sqrt()?)?
+        .reshape((n, c, h, w))
+}
+
+/// `F.leaky_relu(x, 0.2)`, the activation used throughout SPADE.
+pub fn leaky_relu(x: &Tensor) -> candle_core::Result<Tensor> {
+    candle_nn::ops::leaky_relu(x, 0.2)
+}
+
+/// `F.interpolate(x, size=(h, w), mode='nearest')` with PyTorch's source-pixel choice.
+pub fn resize_nearest(x: &Tensor, height: usize, width: usize) -> candle_core::Result<Tensor> {
+    let (_, _, in_h, in_w) = x.dims4()?;
+    if (in_h, in_w) == (height, width) {
+        return Ok(x.clone());
+    }
+    let rows = nearest_indices(in_h, height, x.device())?;
+    let cols = nearest_indices(in_w, width, x.device())?;
+    x.index_select(&rows, 2)?.index_select(&cols, 3)
+}
+
+/// PyTorch's `nearest_idx`: the source index is `floor(dst * (in / out))` with the scale and
+/// the product in float32, clamped to the input.
+pub fn nearest_source_index(dst: usize, input: usize, output: usize) -> usize {
+    if input == output {
+        dst
+    } else if output == 2 * input {
+        dst >> 1
+    } else {
+        let scale = input as f32 / output as f32;
+        ((dst as f32 * scale).floor() as usize).min(input - 1)
+    }
+}
+
+fn nearest_indices(input: usize, output: usize, device: &Device) -> candle_core::Result<Tensor> {
+    let idx: Vec<u32> = (0..output)
+        .map(|d| nearest_source_index(d, input, output) as u32)
+        .collect();
+    Tensor::from_vec(idx, output, device)
+}
+
+/// `nn.Upsample(scale_factor=2)`: every pixel becomes a 2x2 block.
+pub fn upsample2x(x: &Tensor) -> candle_core::Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    x.reshape((n, c, h, 1, w, 1))?
+        .broadcast_as((n, c, h, 2, w, 2))?
+        .reshape((n, c, 2 * h, 2 * w))
+}
+
+/// `F.interpolate(x, size=(h, w), mode='bilinear', align_corners=False)`, as two matrix
+/// products with the interpolation weights PyTorch computes (float32 source coordinates).
+pub fn resize_bilinear(x: &Tensor, height: usize, width: usize) -> candle_core::Result<Tensor> {
+    let (n, c, in_h, in_w) = x.dims4()?;
+    if (in_h, in_w) == (height, width) {
+        return Ok(x.clone());
+    }
+    let dev = x.device();
+    let rows = bilinear_matrix(in_h, height, dev)?; // height x in_h
+    let cols = bilinear_matrix(in_w, width, dev)?.t()?; // in_w x width
+    let x = x.to_dtype(DType::F32)?.reshape((n * c, in_h, in_w))?;
+    let y = rows
+        .broadcast_left(n * c)?
+        .matmul(&x)?
+        .matmul(&cols.broadcast_left(n * c)?)?;
+    y.reshape((n, c, height, width))
+}
+
+fn bilinear_matrix(input: usize, output: usize, device: &Device) -> candle_core::Result<Tensor> {
+    let scale = input as f32 / output as f32;
+    let mut m = vec![0f32; output * input];
+    for dst in 0..output {
+        let src = (scale * (dst as f32 + 0.5) - 0.5).max(0.0);
+        let i0 = (src as usize).min(input - 1);
+        let i1 = if i0 < input - 1 { i0 + 1 } else { i0 };
+        let l1 = src - i0 as f32;
+        m[dst * input + i0] += 1.0 - l1;
+        m[dst * input + i1] += l1;
+    }
+    Tensor::from_vec(m, (output, input), device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_index_uses_float32_like_pytorch() {
+        // The case called out in the issue: 26 -> 22 at dst 11 picks source 13 in PyTorch
+        // (11 * 1.1818181f = 13.0 after float32 rounding), not 12.
+        assert_eq!(nearest_source_index(11, 26, 22), 13);
+        assert_eq!(nearest_source_index(5, 8, 16), 2);
+        assert_eq!(nearest_source_index(63, 64, 8), 7);
+    }
+
+    #[test]
+    fn upsample_duplicates_pixels() {
+        let x = Tensor::arange(0f32, 4., &Device::Cpu)
+            .unwrap()
+            .reshape((1, 1, 2, 2))
+            .unwrap();
+        let y = upsample2x(&x).unwrap().flatten_all().unwrap();
+        let expected = [0., 0., 1., 1., 0., 0., 1., 1., 2., 2., 3., 3., 2., 2., 3., 3.];
+        assert_eq!(y.to_vec1::<f32>().unwrap(), expected);
+    }
+
+    #[test]
+    fn instance_norm_rejects_single_pixel() {
+        let x = Tensor::zeros((1, 2, 1, 1), DType::F32, &Device::Cpu).unwrap();
+        assert!(Norm::Instance.forward(&x).is_err());
+    }
+}

@@ -1,0 +1,90 @@
+//! A loaded model: config, generator and optional style encoder on one device, plus the
+//! seeded style-vector sampling shared by the CLI and the server.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use rand::SeedableRng;
+use rand_distr::{Distribution, StandardNormal};
+
+use crate::checkpoint::Checkpoint;
+use crate::config::Config;
+use crate::encoder::{reparameterize, Encoder};
+use crate::error::{Error, Result};
+use crate::generator::Generator;
+
+#[derive(Debug, Clone)]
+pub struct SpadeModel {
+    pub config: Config,
+    pub generator: Generator,
+    pub encoder: Option<Encoder>,
+    pub device: Device,
+}
+
+impl SpadeModel {
+    /// Loads a checkpoint folder or converted file onto `device` in float32.
+    pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        Self::from_checkpoint(&Checkpoint::open(path)?, device)
+    }
+
+    pub fn from_checkpoint(ckpt: &Checkpoint, device: &Device) -> Result<Self> {
+        let config = ckpt.config.clone();
+        let g = &ckpt.generator;
+        let generator = Generator::new(&config, g.var_builder(DType::F32, device))
+            .map_err(|e| g.context(e))?;
+        let encoder = match &ckpt.encoder {
+            Some(e) => Some(
+                Encoder::new(&config, e.var_builder(DType::F32, device))
+                    .map_err(|err| e.context(err))?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            config,
+            generator,
+            encoder,
+            device: device.clone(),
+        })
+    }
+
+    /// Semantics (N x semantic_nc x H x W) to images (N x 3 x h x w in [-1, 1]).
+    pub fn synthesize(&self, semantics: &Tensor, z: Option<&Tensor>) -> Result<Tensor> {
+        let semantics = semantics.to_device(&self.device)?.to_dtype(DType::F32)?;
+        let z = z.map(|z| z.to_device(&self.device)).transpose()?;
+        self.generator.forward(&semantics, z.as_ref())
+    }
+
+    /// A photo batch (N x 3 x H x W in [-1, 1]) to `(mu, logvar)`.
+    pub fn encode(&self, image: &Tensor) -> Result<(Tensor, Tensor)> {
+        let encoder = self.encoder.as_ref().ok_or_else(|| {
+            Error::input(
+                "style image",
+                "this model has no style encoder (no latest_net_E.pth / netE tensors)",
+            )
+        })?;
+        encoder.forward(&image.to_device(&self.device)?.to_dtype(DType::F32)?)
+    }
+
+    /// The style vector the official test code would draw for a photo: `mu + eps * std`
+    /// with `eps` from `seed`.
+    pub fn style_from_image(&self, image: &Tensor, seed: u64) -> Result<Tensor> {
+        let (mu, logvar) = self.encode(image)?;
+        let (n, d) = mu.dims2()?;
+        let eps = standard_normal(seed, n, d, &self.device)?;
+        reparameterize(&mu, &logvar, &eps)
+    }
+
+    /// A random style vector per image, `N(0, 1)`, reproducible from `seed` on any device.
+    pub fn random_z(&self, seed: u64, n: usize) -> Result<Tensor> {
+        standard_normal(seed, n, self.config.z_dim, &self.device)
+    }
+}
+
+/// `n x dim` standard-normal samples from a portable, seeded generator.
+pub fn standard_normal(seed: u64, n: usize, dim: usize, device: &Device) -> Result<Tensor> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let values: Vec<f32> = (0..n * dim)
+        .map(|_| StandardNormal.sample(&mut rng))
+        .collect();
+    Ok(Tensor::from_vec(values, (n, dim), device)?)
+}

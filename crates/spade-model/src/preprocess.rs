@@ -1,0 +1,343 @@
+//! The official test-time input pipeline: label, instance and photo files to the tensors
+//! the networks take, pixel for pixel as `Pix2pixDataset` + `preprocess_input` make them.
+//!
+//! * Label maps are PNGs of class ids (8-bit grey, or palette indices). Value 255 becomes
+//!   `label_nc`, the dontcare class, as the reference does for every dataset.
+//! * ADE20K: the reference means to shift ids by -1 but never stores the result, so its
+//!   released models were trained on the PNG values as they are (0 = unknown); we do the same.
+//! * Instance maps (8-bit or 16-bit grey) only contribute their edges.
+//! * Geometry follows `preprocess_mode` with `load_size`; crops take the top-left corner
+//!   (the reference crops at random, which is the top-left whenever `load_size == crop_size`,
+//!   as at test time) and nothing is flipped.
+
+use std::io::Cursor;
+
+use candle_core::{Device, Tensor};
+use image::ImageReader;
+
+use crate::config::{round_half_even, Config, PreprocessMode};
+use crate::error::{Error, Result};
+use crate::resample::Raster;
+
+/// The largest width or height accepted from an input file.
+pub const MAX_SIDE: u32 = 8192;
+/// The most bytes a decoder may allocate for one input file.
+const MAX_DECODE_BYTES: u64 = 1 << 30;
+
+/// A map of integer ids (one channel).
+pub type IdMap = Raster<i64>;
+
+/// Decodes a label or instance PNG to its raw ids: grey values (8 or 16 bit) or palette
+/// indices, never colours.
+pub fn decode_id_png(bytes: &[u8], what: &str) -> Result<IdMap> {
+    let fail = |reason: String| Error::input(what, reason);
+    let limits = png::Limits {
+        bytes: MAX_DECODE_BYTES as usize,
+    };
+    let mut decoder = png::Decoder::new_with_limits(Cursor::new(bytes), limits);
+    decoder.set_transformations(png::Transformations::IDENTITY);
+    let mut reader = decoder
+        .read_info()
+        .map_err(|e| fail(format!("not a readable PNG: {e}")))?;
+    let info = reader.info();
+    let (width, height) = (info.width, info.height);
+    if width > MAX_SIDE || height > MAX_SIDE {
+        return Err(fail(format!(
+            "{width}x{height} is larger than the {MAX_SIDE}x{MAX_SIDE} limit"
+        )));
+    }
+    let (color, depth) = (info.color_type, info.bit_depth);
+    let sixteen = match (color, depth) {
+        (png::ColorType::Grayscale | png::ColorType::Indexed, png::BitDepth::Eight) => false,
+        (png::ColorType::Grayscale, png::BitDepth::Sixteen) => true,
+        _ => {
+            return Err(fail(format!(
+                "expected an 8-bit or 16-bit greyscale or 8-bit palette PNG of ids, got \
+                 {color:?} at {depth:?} bits"
+            )))
+        }
+    };
+    let size = reader
+        .output_buffer_size()
+        .ok_or_else(|| fail("image too large".to_string()))?;
+    let mut buf = vec![0; size];
+    let frame = reader
+        .next_frame(&mut buf)
+        .map_err(|e| fail(format!("corrupt PNG data: {e}")))?;
+    let buf = &buf[..frame.buffer_size()];
+    let (w, h) = (width as usize, height as usize);
+    let mut data = Vec::with_capacity(w * h);
+    for row in buf.chunks_exact(frame.line_size).take(h) {
+        if sixteen {
+            data.extend(
+                row.chunks_exact(2)
+                    .take(w)
+                    .map(|b| i64::from(u16::from_be_bytes([b[0], b[1]]))),
+            );
+        } else {
+            data.extend(row[..w].iter().map(|&v| i64::from(v)));
+        }
+    }
+    Ok(Raster::new(w, h, 1, data))
+}
+
+/// Decodes a photo (PNG, JPEG or WebP) to 8-bit RGB, as PIL's `convert('RGB')`.
+pub fn decode_photo(bytes: &[u8], what: &str) -> Result<Raster<u8>> {
+    let fail = |reason: String| Error::input(what, reason);
+    let mut reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| fail(e.to_string()))?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    reader.limits(limits);
+    let image = reader
+        .decode()
+        .map_err(|e| fail(format!("cannot decode image: {e}")))?
+        .to_rgb8();
+    let (w, h) = (image.width() as usize, image.height() as usize);
+    Ok(Raster::new(w, h, 3, image.into_raw()))
+}
+
+/// Resize and crop sizes derived from `preprocess_mode` for one input size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Geometry {
+    resize: (usize, usize),
+    crop: Option<usize>,
+}
+
+/// The test-time transforms of one model's config.
+#[derive(Debug, Clone)]
+pub struct Preprocessor {
+    config: Config,
+}
+
+impl Preprocessor {
+    pub fn new(config: &Config) -> Self {
+        Self {
+            config: config.clone(),
+        }
+    }
+
+    fn geometry(&self, width: usize, height: usize) -> Geometry {
+        let cfg = &self.config;
+        let load = cfg.load_size;
+        let resize = match cfg.preprocess_mode {
+            PreprocessMode::ResizeAndCrop => (load, load),
+            PreprocessMode::ScaleWidth | PreprocessMode::ScaleWidthAndCrop if width != load => {
+                (load, load * height / width)
+            }
+            PreprocessMode::ScaleShortside | PreprocessMode::ScaleShortsideAndCrop => {
+                let short = width.min(height);
+                if short == load {
+                    (width, height)
+                } else {
+                    let long = (load as f64 * width.max(height) as f64 / short as f64) as usize;
+                    if width == short {
+                        (short.min(load), long)
+                    } else {
+                        (long, short.min(load))
+                    }
+                }
+            }
+            PreprocessMode::Fixed => (
+                cfg.crop_size,
+                round_half_even(cfg.crop_size as f64 / cfg.aspect_ratio),
+            ),
+            PreprocessMode::None => {
+                let to_base = |v: usize| (round_half_even(v as f64 / 32.0) * 32).max(32);
+                (to_base(width), to_base(height))
+            }
+            _ => (width, height),
+        };
+        let crop = matches!(
+            cfg.preprocess_mode,
+            PreprocessMode::ResizeAndCrop
+                | PreprocessMode::Crop
+                | PreprocessMode::ScaleWidthAndCrop
+                | PreprocessMode::ScaleShortsideAndCrop
+        )
+        .then_some(cfg.crop_size);
+        Geometry { resize, crop }
+    }
+
+    fn apply<T: Copy + Default>(
+        &self,
+        raster: &Raster<T>,
+        resize: impl Fn(&Raster<T>, usize, usize) -> Raster<T>,
+    ) -> Raster<T> {
+        let g = self.geometry(raster.width, raster.height);
+        let resized = resize(raster, g.resize.0, g.resize.1);
+        match g.crop {
+            Some(size) => resized.crop(0, 0, size, size),
+            None => resized,
+        }
+    }
+
+    /// Label ids after the geometric transforms, with 255 mapped to `label_nc`.
+    pub fn label(&self, raw: &IdMap) -> IdMap {
+        let mut label = self.apply(raw, Raster::resize_nearest);
+        for v in &mut label.data {
+            if *v == 255 {
+                *v = self.config.label_nc as i64;
+            }
+        }
+        label
+    }
+
+    /// Instance ids after the geometric transforms.
+    pub fn instance(&self, raw: &IdMap) -> IdMap {
+        self.apply(raw, Raster::resize_nearest)
+    }
+
+    /// A photo as a 1 x 3 x H x W tensor in [-1, 1] (bicubic resize, `Normalize(0.5, 0.5)`).
+    pub fn photo(&self, raw: &Raster<u8>, device: &Device) -> Result<Tensor> {
+        let rgb = self.apply(raw, Raster::resize_bicubic);
+        photo_tensor(&rgb, device)
+    }
+
+    /// The generator input for a batch: one-hot labels (plus dontcare) and, unless the
+    /// model has `no_instance`, the instance edge channel.
+    pub fn semantics(
+        &self,
+        labels: &[IdMap],
+        instances: Option<&[IdMap]>,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let cfg = &self.config;
+        let Some(first) = labels.first() else {
+            return Err(Error::input("label", "empty batch"));
+        };
+        let (w, h) = (first.width, first.height);
+        let instances = match (instances, cfg.no_instance) {
+            (Some(_), true) => {
+                return Err(Error::input(
+                    "instance",
+                    "this model was trained without instance maps (no_instance)",
+                ))
+            }
+            (None, false) => {
+                return Err(Error::input(
+                    "instance",
+                    "this model needs an instance map for every label map",
+                ))
+            }
+            (Some(inst), false) if inst.len() != labels.len() => {
+                return Err(Error::input(
+                    "instance",
+                    format!("{} instance maps for {} label maps", inst.len(), labels.len()),
+                ))
+            }
+            (instances, _) => instances,
+        };
+        let classes = cfg.label_channels();
+        let channels = cfg.semantic_nc();
+        let plane = w * h;
+        let mut data = vec![0f32; labels.len() * channels * plane];
+        for (i, label) in labels.iter().enumerate() {
+            check_size(label, w, h, "label")?;
+            let sample = &mut data[i * channels * plane..(i + 1) * channels * plane];
+            for (p, &id) in label.data.iter().enumerate() {
+                if id < 0 || id as usize >= classes {
+                    return Err(Error::input(
+                        "label",
+                        format!(
+                            "label id {id} at ({}, {}) is outside the model's {classes} classes \
+                             (0..={}{})",
+                            p % w,
+                            p / w,
+                            classes - 1,
+                            if cfg.contain_dontcare_label {
+                                "; 255 is the dontcare class"
+                            } else {
+                                ""
+                            }
+                        ),
+                    ));
+                }
+                sample[id as usize * plane + p] = 1.0;
+            }
+            if let Some(instances) = instances {
+                check_size(&instances[i], w, h, "instance")?;
+                let edge = &mut sample[classes * plane..];
+                mark_edges(&instances[i], edge);
+            }
+        }
+        Ok(Tensor::from_vec(
+            data,
+            (labels.len(), channels, h, w),
+            device,
+        )?)
+    }
+}
+
+fn check_size(map: &IdMap, w: usize, h: usize, what: &str) -> Result<()> {
+    if (map.width, map.height) != (w, h) {
+        return Err(Error::input(
+            what,
+            format!(
+                "is {}x{} but the batch's label maps are {w}x{h}",
+                map.width, map.height
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The reference `get_edges`: both pixels of every horizontally or vertically adjacent
+/// pair with different instance ids are edges.
+fn mark_edges(instance: &IdMap, edge: &mut [f32]) {
+    let (w, h) = (instance.width, instance.height);
+    let t = &instance.data;
+    for y in 0..h {
+        for x in 0..w {
+            let p = y * w + x;
+            if x + 1 < w && t[p] != t[p + 1] {
+                edge[p] = 1.0;
+                edge[p + 1] = 1.0;
+            }
+            if y + 1 < h && t[p] != t[p + w] {
+                edge[p] = 1.0;
+                edge[p + w] = 1.0;
+            }
+        }
+    }
+}
+
+/// `ToTensor` + `Normalize((0.5,)*3, (0.5,)*3)`: 1 x 3 x H x W in [-1, 1].
+pub fn photo_tensor(rgb: &Raster<u8>, device: &Device) -> Result<Tensor> {
+    let (w, h) = (rgb.width, rgb.height);
+    let mut data = vec![0f32; 3 * w * h];
+    for (p, px) in rgb.data.chunks_exact(3).enumerate() {
+        for c in 0..3 {
+            data[c * w * h + p] = (f32::from(px[c]) / 255.0 - 0.5) / 0.5;
+        }
+    }
+    Ok(Tensor::from_vec(data, (1, 3, h, w), device)?)
+}
+
+/// Images in [-1, 1] (N x 3 x H x W) to 8-bit RGB rasters as the reference's `tensor2im`
+/// does it: `(x + 1) / 2 * 255`, clipped, truncated.
+pub fn to_rgb8(images: &Tensor) -> Result<Vec<Raster<u8>>> {
+    let (n, c, h, w) = images.dims4()?;
+    if c != 3 {
+        return Err(Error::input("image", format!("expected 3 channels, got {c}")));
+    }
+    let values = images
+        .to_dtype(candle_core::DType::F32)?
+        .permute((0, 2, 3, 1))?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    Ok(values
+        .chunks_exact(h * w * 3)
+        .take(n)
+        .map(|img| {
+            let data = img
+                .iter()
+                .map(|&v| ((v + 1.0) / 2.0 * 255.0).clamp(0.0, 255.0) as u8)
+                .collect();
+            Raster::new(w, h, 3, data)
+        })
+        .collect())
+}

@@ -1,0 +1,168 @@
+//! Numerical parity of the generator and encoder with the reference eval fixtures.
+
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use common::{assert_close, case, npy, read};
+use spade_model::checkpoint::{pth, Checkpoint, StateDict};
+use spade_model::preprocess::{decode_id_png, Preprocessor};
+use spade_model::SpadeModel;
+
+fn cpu() -> Device {
+    Device::Cpu
+}
+
+/// Semantics built from the case's PNGs through our preprocessing.
+fn semantics_from_pngs(dir: &std::path::Path, model: &SpadeModel, n: usize) -> Tensor {
+    let pre = Preprocessor::new(&model.config);
+    let labels: Vec<_> = (0..n)
+        .map(|i| {
+            let raw = decode_id_png(&read(dir, &format!("label_{i}.png")), "label").unwrap();
+            pre.label(&raw)
+        })
+        .collect();
+    let instances: Option<Vec<_>> = (!model.config.no_instance).then(|| {
+        (0..n)
+            .map(|i| {
+                let f = format!("instance_{i}.png");
+                pre.instance(&decode_id_png(&read(dir, &f), "instance").unwrap())
+            })
+            .collect()
+    });
+    pre.semantics(&labels, instances.as_deref(), &cpu()).unwrap()
+}
+
+fn channel_sums(semantics: &Tensor) -> Tensor {
+    semantics.sum((2, 3)).unwrap()
+}
+
+#[test]
+fn coco_generator_matches_reference_stage_by_stage() {
+    let dir = case("gen_coco_eval");
+    let model = SpadeModel::load(&dir, &cpu()).unwrap();
+    let semantics = npy(&dir, "input_semantics.npy");
+
+    let mut stages = Vec::new();
+    let out = model
+        .generator
+        .forward_inspect(&semantics, None, &mut |name, t| {
+            stages.push((name.to_string(), t.clone()))
+        })
+        .unwrap();
+    assert_close(&dir, "output.npy", &out);
+    assert_eq!(stages.len(), 8);
+    for (name, t) in &stages {
+        assert_close(&dir, &format!("act_{name}.npy"), t);
+    }
+}
+
+#[test]
+fn coco_semantics_from_pngs_equal_reference() {
+    let dir = case("gen_coco_eval");
+    let model = SpadeModel::load(&dir, &cpu()).unwrap();
+    let ours = semantics_from_pngs(&dir, &model, 2);
+    let reference = npy(&dir, "input_semantics.npy");
+    assert_eq!(common::max_abs_diff(&ours, &reference), 0.0);
+}
+
+#[test]
+fn cityscapes_generator_matches_reference_from_both_pth_formats() {
+    let dir = case("gen_cityscapes_eval");
+    let legacy = SpadeModel::load(&dir, &cpu()).unwrap();
+    let semantics = npy(&dir, "input_semantics.npy");
+    assert_close(&dir, "output.npy", &legacy.synthesize(&semantics, None).unwrap());
+
+    // Cityscapes preprocessing: `fixed` mode, 16-bit instance PNG.
+    let ours = semantics_from_pngs(&dir, &legacy, 1);
+    assert_eq!(common::max_abs_diff(&ours, &semantics), 0.0);
+
+    let zip_path = dir.join("zip_net_G.pth");
+    let zip = Checkpoint {
+        config: legacy.config.clone(),
+        generator: StateDict {
+            tensors: pth::read(&zip_path).unwrap(),
+            source: zip_path,
+        },
+        encoder: None,
+    };
+    let zip_model = SpadeModel::from_checkpoint(&zip, &cpu()).unwrap();
+    assert_close(&dir, "output.npy", &zip_model.synthesize(&semantics, None).unwrap());
+}
+
+#[test]
+fn ade20k_instance_norm_5x5_most_matches_reference() {
+    let dir = case("gen_ade_instance5x5_eval");
+    let model = SpadeModel::load(&dir, &cpu()).unwrap();
+    let semantics = semantics_from_pngs(&dir, &model, 2);
+    // ADE20K ids reach the network unshifted: our one-hot agrees with the reference's.
+    let sums = channel_sums(&semantics);
+    let expected = npy(&dir, "input_semantics_channel_sums.npy");
+    assert_eq!(common::max_abs_diff(&sums, &expected), 0.0);
+    assert_close(&dir, "output.npy", &model.synthesize(&semantics, None).unwrap());
+}
+
+#[test]
+fn vae_encoder_and_generator_match_reference() {
+    let dir = case("vae_eval");
+    let model = SpadeModel::load(&dir, &cpu()).unwrap();
+
+    let (mu, logvar) = model.encode(&npy(&dir, "image.npy")).unwrap();
+    assert_close(&dir, "mu.npy", &mu);
+    assert_close(&dir, "logvar.npy", &logvar);
+    // 128 x 128 photos go through the encoder's bilinear resize to 256.
+    let (mu, logvar) = model.encode(&npy(&dir, "image_small.npy")).unwrap();
+    assert_close(&dir, "mu_small.npy", &mu);
+    assert_close(&dir, "logvar_small.npy", &logvar);
+
+    let semantics = semantics_from_pngs(&dir, &model, 2);
+    let classes = model.config.label_channels();
+    let edge = semantics.narrow(1, classes, 1).unwrap();
+    assert_eq!(common::max_abs_diff(&edge, &npy(&dir, "edge.npy")), 0.0);
+    let sums = channel_sums(&semantics);
+    let expected = npy(&dir, "input_semantics_channel_sums.npy");
+    assert_eq!(common::max_abs_diff(&sums, &expected), 0.0);
+
+    let z = npy(&dir, "z.npy");
+    assert_close(&dir, "output_z.npy", &model.synthesize(&semantics, Some(&z)).unwrap());
+}
+
+#[test]
+fn vae_model_without_z_is_a_clear_error() {
+    let dir = case("vae_eval");
+    let model = SpadeModel::load(&dir, &cpu()).unwrap();
+    let semantics = Tensor::zeros((1, model.config.semantic_nc(), 256, 256), DType::F32, &cpu())
+        .unwrap();
+    let err = model.synthesize(&semantics, None).unwrap_err().to_string();
+    assert!(err.contains("style vector"), "{err}");
+}
+
+#[test]
+fn wrong_semantics_channels_are_a_clear_error() {
+    let dir = case("gen_coco_eval");
+    let model = SpadeModel::load(&dir, &cpu()).unwrap();
+    let semantics = Tensor::zeros((1, 5, 64, 64), DType::F32, &cpu()).unwrap();
+    let err = model.synthesize(&semantics, None).unwrap_err().to_string();
+    assert!(err.contains("expected N x 14 x H x W"), "{err}");
+}
+
+#[test]
+fn converted_safetensors_gives_identical_output() {
+    let dir = case("vae_eval");
+    let ckpt = Checkpoint::open(&dir).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("vae.safetensors");
+    ckpt.save(&file).unwrap();
+
+    let original = SpadeModel::from_checkpoint(&ckpt, &cpu()).unwrap();
+    let converted = SpadeModel::load(&file, &cpu()).unwrap();
+    assert_eq!(converted.config, original.config);
+    let z = npy(&dir, "z.npy");
+    let semantics = semantics_from_pngs(&dir, &original, 2);
+    let a = original.synthesize(&semantics, Some(&z)).unwrap();
+    let b = converted.synthesize(&semantics, Some(&z)).unwrap();
+    assert_eq!(common::max_abs_diff(&a, &b), 0.0);
+    let image = npy(&dir, "image.npy");
+    let (mu_a, _) = original.encode(&image).unwrap();
+    let (mu_b, _) = converted.encode(&image).unwrap();
+    assert_eq!(common::max_abs_diff(&mu_a, &mu_b), 0.0);
+}
