@@ -249,11 +249,11 @@ mod tests {
 
     #[test]
     fn nearest_index_uses_float32_like_pytorch() {
-        // The case called out in the issue: 26 -> 22 at dst 11 picks source 13 in PyTorch
-        // (11 * 1.1818181f = 13.0 after float32 rounding), not 12.
-        assert_eq!(nearest_source_index(11, 26, 22), 13);
+        // The case called out in the issue: 26 -> 22 at dst 11. In float32
+        // 11 * (26f / 22f) = 12.999999, so PyTorch picks 12; exact arithmetic gives 13.
+        assert_eq!(nearest_source_index(11, 26, 22), 12);
         assert_eq!(nearest_source_index(5, 8, 16), 2);
-        assert_eq!(nearest_source_index(63, 64, 8), 7);
+        assert_eq!(nearest_source_index(7, 64, 8), 56);
     }
 
     #[test]

@@ -193,6 +193,53 @@ mod tests {
         assert_eq!(img.resize_nearest(8, 1).data, vec![10, 10, 20, 20, 30, 30, 40, 40]);
     }
 
+    /// A 7 x 5 RGB test pattern; the expected bytes below were produced by Pillow 13
+    /// (`Image.frombytes('RGB', (7, 5), pattern).resize(size, Image.BICUBIC).tobytes()`).
+    fn pattern() -> Raster<u8> {
+        let data = (0..5usize)
+            .flat_map(|y| (0..7usize).flat_map(move |x| (0..3usize).map(move |c| (x, y, c))))
+            .map(|(x, y, c)| (((x * 37 + y * 91 + c * 53) * 7) % 256) as u8)
+            .collect();
+        Raster::new(7, 5, 3, data)
+    }
+
+    #[test]
+    fn bicubic_shrink_matches_pillow_bytes() {
+        let expected = [
+            21, 147, 201, 39, 156, 208, 46, 138, 215, 167, 188, 153, 82, 199, 160, 87, 139, 167,
+            155, 184, 149, 72, 191, 156, 83, 204, 163, 225, 136, 190, 176, 143, 197, 32, 150, 204,
+        ];
+        assert_eq!(pattern().resize_bicubic(3, 4).data, expected);
+    }
+
+    #[test]
+    fn bicubic_enlarge_matches_pillow_bytes() {
+        let out = pattern().resize_bicubic(11, 9);
+        // First row and the start of the last row, from Pillow.
+        let first_row = [
+            0, 105, 241, 0, 106, 242, 0, 108, 244, 0, 110, 246, 0, 112, 248, 0, 114, 250, 1, 116,
+            252, 3, 118, 254, 5, 120, 255, 7, 134, 255, 8, 144, 255,
+        ];
+        assert_eq!(out.data[..33], first_row);
+        let last_row_start = [254, 92, 228, 255, 93, 229, 255, 95, 231, 255, 97, 233];
+        assert_eq!(out.data[8 * 33..8 * 33 + 12], last_row_start);
+    }
+
+    #[test]
+    fn nearest_matches_pillow_indices() {
+        let grey = Raster::new(26, 3, 1, (0..78u8).collect());
+        let expected: Vec<u8> = vec![
+            0, 1, 2, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 15, 17, 18, 19, 20, 21, 23, 24, 25, 52,
+            53, 54, 56, 57, 58, 59, 60, 62, 63, 64, 65, 66, 67, 69, 70, 71, 72, 73, 75, 76, 77,
+        ];
+        assert_eq!(grey.resize_nearest(22, 2).data, expected);
+        let expected: Vec<u8> = vec![
+            1, 4, 7, 10, 13, 15, 18, 21, 24, 1, 4, 7, 10, 13, 15, 18, 21, 24, 27, 30, 33, 36, 39,
+            41, 44, 47, 50, 53, 56, 59, 62, 65, 67, 70, 73, 76, 53, 56, 59, 62, 65, 67, 70, 73, 76,
+        ];
+        assert_eq!(grey.resize_nearest(9, 5).data, expected);
+    }
+
     #[test]
     fn bicubic_keeps_constant_images() {
         let img = Raster::new(5, 3, 3, vec![77u8; 45]);
