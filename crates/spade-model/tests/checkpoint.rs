@@ -1,0 +1,138 @@
+//! Checkpoint reading: broken and hostile files give clear errors, never panics.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use common::{case, read};
+use spade_model::checkpoint::{pth, Checkpoint};
+use spade_model::SpadeModel;
+
+/// A checkpoint folder in a temp dir with the coco case's opt.txt and the given G file.
+fn folder_with(generator: &[u8], opt: &str) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ckpt");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("opt.txt"), opt).unwrap();
+    std::fs::write(dir.join("latest_net_G.pth"), generator).unwrap();
+    (tmp, dir)
+}
+
+fn coco_opt() -> String {
+    String::from_utf8(read(&case("gen_coco_eval"), "opt.txt")).unwrap()
+}
+
+fn open_error(dir: &Path) -> String {
+    let err = Checkpoint::open(dir)
+        .and_then(|c| SpadeModel::from_checkpoint(&c, &Device::Cpu))
+        .expect_err("must fail");
+    err.to_string()
+}
+
+#[test]
+fn truncated_legacy_pth_is_an_error_naming_the_file() {
+    let bytes = read(&case("gen_coco_eval"), "latest_net_G.pth");
+    for keep in [bytes.len() * 3 / 5, bytes.len() - 1, 100, 0] {
+        let (_tmp, dir) = folder_with(&bytes[..keep], &coco_opt());
+        let err = open_error(&dir);
+        assert!(err.contains("latest_net_G.pth"), "{keep} bytes: {err}");
+    }
+}
+
+#[test]
+fn truncated_zip_pth_is_an_error() {
+    let bytes = read(&case("gen_cityscapes_eval"), "zip_net_G.pth");
+    let tmp = tempfile::tempdir().unwrap();
+    for keep in [bytes.len() / 2, bytes.len() - 30] {
+        let path = tmp.path().join(format!("cut{keep}.pth"));
+        std::fs::write(&path, &bytes[..keep]).unwrap();
+        let err = pth::read(&path).expect_err("must fail").to_string();
+        assert!(err.contains(&format!("cut{keep}.pth")), "{err}");
+    }
+}
+
+#[test]
+fn corrupt_pickle_is_an_error() {
+    let mut bytes = read(&case("gen_coco_eval"), "latest_net_G.pth");
+    // Past the magic number and protocol header: garble the state-dict pickle.
+    for b in &mut bytes[200..400] {
+        *b = 0xff;
+    }
+    let (_tmp, dir) = folder_with(&bytes, &coco_opt());
+    let err = open_error(&dir);
+    assert!(err.contains("latest_net_G.pth"), "{err}");
+}
+
+#[test]
+fn pickle_naming_an_unexpected_global_is_refused() {
+    // {'fc.weight': posix.system('ls')} as a protocol-2 pickle.
+    let mut pickle = b"\x80\x02}q\x00X\x09\x00\x00\x00fc.weightq\x01".to_vec();
+    pickle.extend_from_slice(b"cposix\nsystem\nq\x02X\x02\x00\x00\x00lsq\x03\x85q\x04Rq\x05s.");
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("evil.pth");
+    std::fs::write(&path, pickle).unwrap();
+    let err = pth::read(&path).expect_err("must refuse").to_string();
+    assert!(err.contains("posix.system") && err.contains("fc.weight"), "{err}");
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    let mut ckpt = Checkpoint::open(&case("gen_coco_eval")).unwrap();
+    ckpt.generator.tensors.remove("up_1.norm_0.mlp_gamma.weight");
+    let err = SpadeModel::from_checkpoint(&ckpt, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("up_1.norm_0.mlp_gamma.weight") && err.contains("latest_net_G.pth"),
+        "{err}"
+    );
+}
+
+#[test]
+fn wrong_shape_names_expected_and_actual() {
+    let mut ckpt = Checkpoint::open(&case("gen_coco_eval")).unwrap();
+    let bad = Tensor::zeros((64, 13, 3, 3), DType::F32, &Device::Cpu).unwrap();
+    ckpt.generator.tensors.insert("fc.weight".into(), bad);
+    let err = SpadeModel::from_checkpoint(&ckpt, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("fc.weight") && err.contains("[64, 14, 3, 3]") && err.contains("[64, 13, 3, 3]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unknown_norm_in_opt_txt_names_file_and_field() {
+    let bytes = read(&case("gen_coco_eval"), "latest_net_G.pth");
+    let opt = coco_opt().replace("spectralspadesyncbatch3x3", "spectralspadegroup3x3");
+    let (_tmp, dir) = folder_with(&bytes, &opt);
+    let err = open_error(&dir);
+    assert!(
+        err.contains("opt.txt") && err.contains("norm_G") && err.contains("group"),
+        "{err}"
+    );
+}
+
+#[test]
+fn folder_without_generator_or_options_is_explained() {
+    let tmp = tempfile::tempdir().unwrap();
+    assert!(open_error(tmp.path()).contains("missing opt.txt"));
+    std::fs::write(tmp.path().join("opt.txt"), coco_opt()).unwrap();
+    assert!(open_error(tmp.path()).contains("missing latest_net_G.pth"));
+    assert!(open_error(&tmp.path().join("nope")).contains("no such folder or file"));
+}
+
+#[test]
+fn safetensors_without_config_or_with_garbage_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plain = tmp.path().join("plain.safetensors");
+    let t = Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap();
+    candle_core::safetensors::save(&std::collections::HashMap::from([("netG.x", t)]), &plain)
+        .unwrap();
+    assert!(open_error(&plain).contains("spade_config"));
+    let garbage = tmp.path().join("garbage.safetensors");
+    std::fs::write(&garbage, b"\xff\xff\xff\xff\xff\xff\xff\x7f{}").unwrap();
+    assert!(open_error(&garbage).contains("not a valid safetensors"));
+}
