@@ -1,1 +1,67 @@
-fn main(){}
+//! `spade`: run SPADE checkpoints from the command line.
+
+mod bench;
+mod convert;
+mod encode;
+mod synthesize;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(version, about = "SPADE / GauGAN semantic image synthesis")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Turn a label map (or a semantics tensor) into an image.
+    Synthesize(synthesize::Args),
+    /// Encode a style photo into the VAE's mu and logvar.
+    Encode(encode::Args),
+    /// Convert a checkpoint folder into one safetensors file.
+    Convert(convert::Args),
+    /// Measure generator throughput on random weights of an official architecture.
+    Bench(bench::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Synthesize(args) => synthesize::run(args),
+        Command::Encode(args) => encode::run(args),
+        Command::Convert(args) => convert::run(args),
+        Command::Bench(args) => bench::run(args),
+    };
+    if let Err(err) = result {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+/// `cpu` or `cuda:N`.
+pub fn parse_device(spec: &str) -> Result<Device> {
+    if spec == "cpu" {
+        return Ok(Device::Cpu);
+    }
+    let Some(index) = spec.strip_prefix("cuda:") else {
+        bail!("device `{spec}`: expected `cpu` or `cuda:N`");
+    };
+    let index: usize = index
+        .parse()
+        .with_context(|| format!("device `{spec}`: bad GPU index"))?;
+    Device::new_cuda(index).with_context(|| format!("opening {spec}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}

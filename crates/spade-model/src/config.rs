@@ -83,6 +83,37 @@ impl Config {
         (sh * scale, sw * scale)
     }
 
+    /// The published architecture of an official pretrained model: `coco`, `ade20k` or
+    /// `cityscapes` (the options of their released `opt.txt`).
+    pub fn official(dataset: &str) -> Result<Self> {
+        let base = Config {
+            dataset_mode: dataset.to_string(),
+            ..Config::default()
+        };
+        match dataset {
+            "coco" => Ok(base),
+            "ade20k" => Ok(Config {
+                label_nc: 150,
+                no_instance: true,
+                ..base
+            }),
+            "cityscapes" => Ok(Config {
+                label_nc: 35,
+                contain_dontcare_label: false,
+                crop_size: 512,
+                load_size: 512,
+                aspect_ratio: 2.0,
+                num_upsampling_layers: Upsampling::More,
+                preprocess_mode: PreprocessMode::Fixed,
+                ..base
+            }),
+            other => Err(Error::config(
+                "dataset_mode",
+                format!("no official architecture named `{other}` (coco, ade20k, cityscapes)"),
+            )),
+        }
+    }
+
     pub fn from_json_str(text: &str) -> Result<Self> {
         let config: Config =
             serde_json::from_str(text).map_err(|e| Error::config(json_field(&e), e.to_string()))?;
