@@ -77,13 +77,19 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 /// One forward pass; the time of each stage is the time since the previous one finished.
-fn run_once(generator: &Generator, semantics: &Tensor) -> Result<(Duration, Vec<(String, Duration)>)> {
+fn run_once(
+    generator: &Generator,
+    semantics: &Tensor,
+) -> Result<(Duration, Vec<(String, Duration)>)> {
     let start = Instant::now();
     let mut last = start;
     let mut times = Vec::new();
     let out = generator.forward_inspect(semantics, None, &mut |name, t| {
         // Reading a value forces asynchronous devices to finish the stage.
-        let _ = t.flatten_all().and_then(|t| t.get(0)).and_then(|t| t.to_scalar::<f32>());
+        let _ = t
+            .flatten_all()
+            .and_then(|t| t.get(0))
+            .and_then(|t| t.to_scalar::<f32>());
         times.push((name.to_string(), last.elapsed()));
         last = Instant::now();
     })?;
@@ -105,7 +111,8 @@ fn random_generator(config: &Config, device: &Device) -> Result<(Generator, usiz
         } else {
             Tensor::randn(0f32, 0.02, shape, device)?
         };
-        if !name.starts_with("running") && !name.contains("weight_u") && !name.contains("weight_v") {
+        if !name.starts_with("running") && !name.contains("weight_u") && !name.contains("weight_v")
+        {
             params += value.elem_count();
         }
         tensors.insert(name.clone(), value);

@@ -32,14 +32,19 @@ pub fn run(args: Args) -> Result<()> {
     let model = SpadeModel::load(&args.checkpoint, &device)?;
     let image = match (&args.image, &args.image_npy) {
         (Some(path), _) => load_photo(&model, path)?,
-        (None, Some(path)) => Tensor::read_npy(path)
-            .with_context(|| format!("reading {}", path.display()))?,
+        (None, Some(path)) => {
+            Tensor::read_npy(path).with_context(|| format!("reading {}", path.display()))?
+        }
         (None, None) => unreachable!("clap requires one input"),
     };
     let (mu, logvar) = model.encode(&image)?;
     Tensor::write_npz(&[("mu", &mu), ("logvar", &logvar)], &args.out_npy)
         .with_context(|| format!("writing {}", args.out_npy.display()))?;
-    println!("wrote {} (mu, logvar: {:?})", args.out_npy.display(), mu.dims());
+    println!(
+        "wrote {} (mu, logvar: {:?})",
+        args.out_npy.display(),
+        mu.dims()
+    );
     Ok(())
 }
 

@@ -79,7 +79,11 @@ fn read_npy(path: &Path) -> Result<Tensor> {
     Tensor::read_npy(path).with_context(|| format!("reading {}", path.display()))
 }
 
-fn semantics_from_pngs(model: &SpadeModel, label: &Path, instance: Option<&Path>) -> Result<Tensor> {
+fn semantics_from_pngs(
+    model: &SpadeModel,
+    label: &Path,
+    instance: Option<&Path>,
+) -> Result<Tensor> {
     let pre = Preprocessor::new(&model.config);
     let read_ids = |path: &Path| -> Result<_> {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
@@ -118,6 +122,9 @@ fn numbered(path: &Path, i: usize, n: usize) -> PathBuf {
         return path.to_path_buf();
     }
     let stem = path.file_stem().unwrap_or_default().to_string_lossy();
-    let ext = path.extension().map(|e| e.to_string_lossy()).unwrap_or("png".into());
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy())
+        .unwrap_or("png".into());
     path.with_file_name(format!("{stem}_{i}.{ext}"))
 }

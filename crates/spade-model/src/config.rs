@@ -154,7 +154,11 @@ impl Config {
         set_parsed(&mut config.ngf, "ngf", get("ngf"))?;
         set_parsed(&mut config.z_dim, "z_dim", get("z_dim"))?;
         set_parsed(&mut config.crop_size, "crop_size", get("crop_size"))?;
-        set_parsed(&mut config.aspect_ratio, "aspect_ratio", get("aspect_ratio"))?;
+        set_parsed(
+            &mut config.aspect_ratio,
+            "aspect_ratio",
+            get("aspect_ratio"),
+        )?;
         set_parsed(
             &mut config.num_upsampling_layers,
             "num_upsampling_layers",

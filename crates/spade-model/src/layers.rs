@@ -263,7 +263,9 @@ mod tests {
             .reshape((1, 1, 2, 2))
             .unwrap();
         let y = upsample2x(&x).unwrap().flatten_all().unwrap();
-        let expected = [0., 0., 1., 1., 0., 0., 1., 1., 2., 2., 3., 3., 2., 2., 3., 3.];
+        let expected = [
+            0., 0., 1., 1., 0., 0., 1., 1., 2., 2., 3., 3., 2., 2., 3., 3.,
+        ];
         assert_eq!(y.to_vec1::<f32>().unwrap(), expected);
     }
 

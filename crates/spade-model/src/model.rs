@@ -30,8 +30,8 @@ impl SpadeModel {
     pub fn from_checkpoint(ckpt: &Checkpoint, device: &Device) -> Result<Self> {
         let config = ckpt.config.clone();
         let g = &ckpt.generator;
-        let generator = Generator::new(&config, g.var_builder(DType::F32, device))
-            .map_err(|e| g.context(e))?;
+        let generator =
+            Generator::new(&config, g.var_builder(DType::F32, device)).map_err(|e| g.context(e))?;
         let encoder = match &ckpt.encoder {
             Some(e) => Some(
                 Encoder::new(&config, e.var_builder(DType::F32, device))

@@ -226,7 +226,11 @@ impl Preprocessor {
             (Some(inst), false) if inst.len() != labels.len() => {
                 return Err(Error::input(
                     "instance",
-                    format!("{} instance maps for {} label maps", inst.len(), labels.len()),
+                    format!(
+                        "{} instance maps for {} label maps",
+                        inst.len(),
+                        labels.len()
+                    ),
                 ))
             }
             (instances, _) => instances,
@@ -322,7 +326,10 @@ pub fn photo_tensor(rgb: &Raster<u8>, device: &Device) -> Result<Tensor> {
 pub fn to_rgb8(images: &Tensor) -> Result<Vec<Raster<u8>>> {
     let (n, c, h, w) = images.dims4()?;
     if c != 3 {
-        return Err(Error::input("image", format!("expected 3 channels, got {c}")));
+        return Err(Error::input(
+            "image",
+            format!("expected 3 channels, got {c}"),
+        ));
     }
     let values = images
         .to_dtype(candle_core::DType::F32)?

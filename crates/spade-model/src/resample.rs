@@ -190,7 +190,10 @@ mod tests {
     fn nearest_picks_pixel_centres() {
         let img = Raster::new(4, 1, 1, vec![10u8, 20, 30, 40]);
         assert_eq!(img.resize_nearest(2, 1).data, vec![20, 40]);
-        assert_eq!(img.resize_nearest(8, 1).data, vec![10, 10, 20, 20, 30, 30, 40, 40]);
+        assert_eq!(
+            img.resize_nearest(8, 1).data,
+            vec![10, 10, 20, 20, 30, 30, 40, 40]
+        );
     }
 
     /// A 7 x 5 RGB test pattern; the expected bytes below were produced by Pillow 13
@@ -229,8 +232,8 @@ mod tests {
     fn nearest_matches_pillow_indices() {
         let grey = Raster::new(26, 3, 1, (0..78u8).collect());
         let expected: Vec<u8> = vec![
-            0, 1, 2, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 15, 17, 18, 19, 20, 21, 23, 24, 25, 52,
-            53, 54, 56, 57, 58, 59, 60, 62, 63, 64, 65, 66, 67, 69, 70, 71, 72, 73, 75, 76, 77,
+            0, 1, 2, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 15, 17, 18, 19, 20, 21, 23, 24, 25, 52, 53,
+            54, 56, 57, 58, 59, 60, 62, 63, 64, 65, 66, 67, 69, 70, 71, 72, 73, 75, 76, 77,
         ];
         assert_eq!(grey.resize_nearest(22, 2).data, expected);
         let expected: Vec<u8> = vec![

@@ -50,8 +50,12 @@ impl SpadeResBlock {
             Some((norm_s, conv_s)) => conv_s.forward(&norm_s.forward(x, seg)?)?,
             None => x.clone(),
         };
-        let dx = self.conv_0.forward(&leaky_relu(&self.norm_0.forward(x, seg)?)?)?;
-        let dx = self.conv_1.forward(&leaky_relu(&self.norm_1.forward(&dx, seg)?)?)?;
+        let dx = self
+            .conv_0
+            .forward(&leaky_relu(&self.norm_0.forward(x, seg)?)?)?;
+        let dx = self
+            .conv_1
+            .forward(&leaky_relu(&self.norm_1.forward(&dx, seg)?)?)?;
         Ok((x_s + dx)?)
     }
 }

@@ -24,7 +24,10 @@ impl Spade {
         let k = cfg.norm_g.kernel_size;
         Ok(Self {
             param_free_norm: Norm::new(cfg.norm_g.norm, channels, false, vb.pp("param_free_norm"))?,
-            mlp_shared: Conv2d::new(ConvSpec::same(cfg.semantic_nc(), HIDDEN, k), vb.pp("mlp_shared.0"))?,
+            mlp_shared: Conv2d::new(
+                ConvSpec::same(cfg.semantic_nc(), HIDDEN, k),
+                vb.pp("mlp_shared.0"),
+            )?,
             mlp_gamma: Conv2d::new(ConvSpec::same(HIDDEN, channels, k), vb.pp("mlp_gamma"))?,
             mlp_beta: Conv2d::new(ConvSpec::same(HIDDEN, channels, k), vb.pp("mlp_beta"))?,
         })

@@ -73,13 +73,18 @@ fn pickle_naming_an_unexpected_global_is_refused() {
     let path = tmp.path().join("evil.pth");
     std::fs::write(&path, pickle).unwrap();
     let err = pth::read(&path).expect_err("must refuse").to_string();
-    assert!(err.contains("posix.system") && err.contains("fc.weight"), "{err}");
+    assert!(
+        err.contains("posix.system") && err.contains("fc.weight"),
+        "{err}"
+    );
 }
 
 #[test]
 fn missing_tensor_is_named() {
     let mut ckpt = Checkpoint::open(&case("gen_coco_eval")).unwrap();
-    ckpt.generator.tensors.remove("up_1.norm_0.mlp_gamma.weight");
+    ckpt.generator
+        .tensors
+        .remove("up_1.norm_0.mlp_gamma.weight");
     let err = SpadeModel::from_checkpoint(&ckpt, &Device::Cpu)
         .unwrap_err()
         .to_string();
@@ -98,7 +103,9 @@ fn wrong_shape_names_expected_and_actual() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("fc.weight") && err.contains("[64, 14, 3, 3]") && err.contains("[64, 13, 3, 3]"),
+        err.contains("fc.weight")
+            && err.contains("[64, 14, 3, 3]")
+            && err.contains("[64, 13, 3, 3]"),
         "{err}"
     );
 }

@@ -29,7 +29,8 @@ fn semantics_from_pngs(dir: &std::path::Path, model: &SpadeModel, n: usize) -> T
             })
             .collect()
     });
-    pre.semantics(&labels, instances.as_deref(), &cpu()).unwrap()
+    pre.semantics(&labels, instances.as_deref(), &cpu())
+        .unwrap()
 }
 
 fn channel_sums(semantics: &Tensor) -> Tensor {
@@ -70,7 +71,11 @@ fn cityscapes_generator_matches_reference_from_both_pth_formats() {
     let dir = case("gen_cityscapes_eval");
     let legacy = SpadeModel::load(&dir, &cpu()).unwrap();
     let semantics = npy(&dir, "input_semantics.npy");
-    assert_close(&dir, "output.npy", &legacy.synthesize(&semantics, None).unwrap());
+    assert_close(
+        &dir,
+        "output.npy",
+        &legacy.synthesize(&semantics, None).unwrap(),
+    );
 
     // Cityscapes preprocessing: `fixed` mode, 16-bit instance PNG.
     let ours = semantics_from_pngs(&dir, &legacy, 1);
@@ -86,7 +91,11 @@ fn cityscapes_generator_matches_reference_from_both_pth_formats() {
         encoder: None,
     };
     let zip_model = SpadeModel::from_checkpoint(&zip, &cpu()).unwrap();
-    assert_close(&dir, "output.npy", &zip_model.synthesize(&semantics, None).unwrap());
+    assert_close(
+        &dir,
+        "output.npy",
+        &zip_model.synthesize(&semantics, None).unwrap(),
+    );
 }
 
 #[test]
@@ -98,7 +107,11 @@ fn ade20k_instance_norm_5x5_most_matches_reference() {
     let sums = channel_sums(&semantics);
     let expected = npy(&dir, "input_semantics_channel_sums.npy");
     assert_eq!(common::max_abs_diff(&sums, &expected), 0.0);
-    assert_close(&dir, "output.npy", &model.synthesize(&semantics, None).unwrap());
+    assert_close(
+        &dir,
+        "output.npy",
+        &model.synthesize(&semantics, None).unwrap(),
+    );
 }
 
 #[test]
@@ -123,15 +136,23 @@ fn vae_encoder_and_generator_match_reference() {
     assert_eq!(common::max_abs_diff(&sums, &expected), 0.0);
 
     let z = npy(&dir, "z.npy");
-    assert_close(&dir, "output_z.npy", &model.synthesize(&semantics, Some(&z)).unwrap());
+    assert_close(
+        &dir,
+        "output_z.npy",
+        &model.synthesize(&semantics, Some(&z)).unwrap(),
+    );
 }
 
 #[test]
 fn vae_model_without_z_is_a_clear_error() {
     let dir = case("vae_eval");
     let model = SpadeModel::load(&dir, &cpu()).unwrap();
-    let semantics = Tensor::zeros((1, model.config.semantic_nc(), 256, 256), DType::F32, &cpu())
-        .unwrap();
+    let semantics = Tensor::zeros(
+        (1, model.config.semantic_nc(), 256, 256),
+        DType::F32,
+        &cpu(),
+    )
+    .unwrap();
     let err = model.synthesize(&semantics, None).unwrap_err().to_string();
     assert!(err.contains("style vector"), "{err}");
 }

@@ -8,7 +8,12 @@ use spade_model::preprocess::{decode_id_png, decode_photo, IdMap, Preprocessor};
 use spade_model::Config;
 
 fn id_tensor(map: &IdMap) -> Tensor {
-    Tensor::from_vec(map.data.clone(), (1, 1, map.height, map.width), &Device::Cpu).unwrap()
+    Tensor::from_vec(
+        map.data.clone(),
+        (1, 1, map.height, map.width),
+        &Device::Cpu,
+    )
+    .unwrap()
 }
 
 #[test]
@@ -25,12 +30,20 @@ fn coco_loader_matches_reference_on_real_samples() {
         let raw_label = decode_id_png(&read(&dir, &format!("raw/val_label/{id}.png")), "label");
         let label = pre.label(&raw_label.unwrap());
         let expected = npy(&dir, &format!("{id}_label.npy"));
-        assert_eq!(max_abs_diff(&id_tensor(&label), &expected), 0.0, "{id} label");
+        assert_eq!(
+            max_abs_diff(&id_tensor(&label), &expected),
+            0.0,
+            "{id} label"
+        );
 
         let raw_inst = decode_id_png(&read(&dir, &format!("raw/val_inst/{id}.png")), "inst");
         let instance = pre.instance(&raw_inst.unwrap());
         let expected = npy(&dir, &format!("{id}_instance.npy"));
-        assert_eq!(max_abs_diff(&id_tensor(&instance), &expected), 0.0, "{id} instance");
+        assert_eq!(
+            max_abs_diff(&id_tensor(&instance), &expected),
+            0.0,
+            "{id} instance"
+        );
 
         let semantics = pre
             .semantics(&[label], Some(&[instance]), &Device::Cpu)
@@ -82,7 +95,9 @@ fn label_ids_outside_the_model_are_rejected_with_the_id() {
 
 #[test]
 fn non_png_and_colour_labels_are_rejected() {
-    let err = decode_id_png(b"GIF89a....", "label").unwrap_err().to_string();
+    let err = decode_id_png(b"GIF89a....", "label")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("not a readable PNG"), "{err}");
     let dir = case("preprocess_coco");
     let jpeg_as_png = decode_id_png(&read(&dir, "raw/val_img/000000000139.jpg"), "label");

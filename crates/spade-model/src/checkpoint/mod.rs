@@ -133,8 +133,9 @@ impl Checkpoint {
                 .map(move |(k, v)| (format!("{prefix}.{k}"), v.clone()))
                 .collect::<Vec<_>>()
         };
-        let mut all: HashMap<String, Tensor> =
-            prefixed(GENERATOR_PREFIX, &self.generator).into_iter().collect();
+        let mut all: HashMap<String, Tensor> = prefixed(GENERATOR_PREFIX, &self.generator)
+            .into_iter()
+            .collect();
         if let Some(encoder) = &self.encoder {
             all.extend(prefixed(ENCODER_PREFIX, encoder));
         }

@@ -16,8 +16,7 @@ use crate::error::{Error, Result};
 /// a pickle naming any other Python global is refused, as `torch.load(weights_only=True)` does.
 pub fn read(path: &Path) -> Result<HashMap<String, Tensor>> {
     let fail = |reason: String| Error::checkpoint(path, reason);
-    let structure =
-        PytorchReader::read_pickle_data(path, None).map_err(|e| fail(e.to_string()))?;
+    let structure = PytorchReader::read_pickle_data(path, None).map_err(|e| fail(e.to_string()))?;
     check_globals(&structure, "").map_err(fail)?;
     let reader = PytorchReader::new(path).map_err(|e| fail(e.to_string()))?;
     if reader.is_empty() {
@@ -52,7 +51,11 @@ fn check_globals(value: &PickleValue, at: &str) -> std::result::Result<(), Strin
              state dict; refusing to load it"
         )),
         PickleValue::Dict(items) => items.iter().try_for_each(|(key, v)| {
-            let at = if at.is_empty() { key.clone() } else { format!("{at}.{key}") };
+            let at = if at.is_empty() {
+                key.clone()
+            } else {
+                format!("{at}.{key}")
+            };
             check_globals(v, &at)
         }),
         PickleValue::List(items) => items.iter().try_for_each(|v| check_globals(v, at)),
