@@ -1,20 +1,13 @@
 //! The `spade` binary end to end, with the flags the acceptance checks use.
 
-use std::path::{Path, PathBuf};
+#[path = "../../spade-model/tests/common/mod.rs"]
+mod common;
+
+use std::path::Path;
 use std::process::{Command, Output};
 
-use candle_core::{DType, Tensor};
-
-fn fixtures() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let dir = root.join(std::env::var("SPADE_FIXTURES").unwrap_or("../shared/fixtures".into()));
-    assert!(
-        dir.join("README.md").is_file(),
-        "fixtures missing at {}",
-        dir.display()
-    );
-    dir
-}
+use candle_core::Tensor;
+use common::{fixtures, max_abs_diff as max_abs};
 
 fn spade(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_spade"))
@@ -43,19 +36,6 @@ fn fails(args: &[&str]) -> String {
         "{stderr}"
     );
     stderr
-}
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
-    (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap()
 }
 
 fn s(p: &Path) -> &str {
