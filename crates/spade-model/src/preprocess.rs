@@ -126,18 +126,19 @@ impl Preprocessor {
         let resize = match cfg.preprocess_mode {
             PreprocessMode::ResizeAndCrop => (load, load),
             PreprocessMode::ScaleWidth | PreprocessMode::ScaleWidthAndCrop if width != load => {
-                (load, load * height / width)
+                (load, (load as f64 * height as f64 / width as f64) as usize)
             }
             PreprocessMode::ScaleShortside | PreprocessMode::ScaleShortsideAndCrop => {
                 let short = width.min(height);
                 if short == load {
                     (width, height)
                 } else {
+                    // As the reference: only the long side is rescaled, the short one is kept.
                     let long = (load as f64 * width.max(height) as f64 / short as f64) as usize;
                     if width == short {
-                        (short.min(load), long)
+                        (short, long)
                     } else {
-                        (long, short.min(load))
+                        (long, short)
                     }
                 }
             }
@@ -347,4 +348,59 @@ pub fn to_rgb8(images: &Tensor) -> Result<Vec<Raster<u8>>> {
             Raster::new(w, h, 3, data)
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn geometry(mode: &str, load: usize, crop: usize, w: usize, h: usize) -> Geometry {
+        let config = Config {
+            preprocess_mode: mode.parse().unwrap(),
+            load_size: load,
+            crop_size: crop,
+            aspect_ratio: 2.0,
+            ..Config::default()
+        };
+        Preprocessor::new(&config).geometry(w, h)
+    }
+
+    #[test]
+    fn geometry_follows_the_reference_transforms() {
+        let g = geometry("resize_and_crop", 256, 256, 640, 480);
+        assert_eq!((g.resize, g.crop), ((256, 256), Some(256)));
+        let g = geometry("scale_width_and_crop", 256, 256, 640, 480);
+        assert_eq!((g.resize, g.crop), ((256, 192), Some(256)));
+        let g = geometry("scale_width", 256, 256, 256, 100);
+        assert_eq!((g.resize, g.crop), ((256, 100), None));
+        // The reference keeps the short side and rescales only the long one.
+        let g = geometry("scale_shortside_and_crop", 256, 256, 640, 480);
+        assert_eq!(g.resize, (341, 480));
+        let g = geometry("fixed", 512, 512, 2048, 1024);
+        assert_eq!((g.resize, g.crop), ((512, 256), None));
+        let g = geometry("none", 256, 256, 100, 47);
+        assert_eq!((g.resize, g.crop), ((96, 32), None));
+        let g = geometry("crop", 256, 128, 300, 200);
+        assert_eq!((g.resize, g.crop), ((300, 200), Some(128)));
+    }
+
+    #[test]
+    fn edges_mark_both_sides_of_each_boundary() {
+        let inst = IdMap::new(3, 2, 1, vec![1, 1, 2, 1, 1, 1]);
+        let mut edge = vec![0f32; 6];
+        mark_edges(&inst, &mut edge);
+        assert_eq!(edge, vec![0., 1., 1., 0., 0., 1.]);
+    }
+
+    #[test]
+    fn dontcare_255_becomes_label_nc() {
+        let config = Config {
+            label_nc: 12,
+            crop_size: 64,
+            load_size: 64,
+            ..Config::default()
+        };
+        let label = Preprocessor::new(&config).label(&IdMap::new(64, 64, 1, vec![255; 64 * 64]));
+        assert!(label.data.iter().all(|&v| v == 12));
+    }
 }
