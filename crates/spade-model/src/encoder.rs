@@ -2,11 +2,11 @@
 //! style vector.
 
 use candle_core::{Module, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::layers::{leaky_relu, linear, resize_bilinear, Conv2d, ConvSpec, Norm};
+use crate::layers::{leaky_relu, resize_bilinear, Conv2d, ConvSpec, Linear, Norm};
 
 /// The encoder always sees 256 x 256 photos; the official code resizes other sizes.
 const INPUT_SIZE: usize = 256;
@@ -60,8 +60,8 @@ impl Encoder {
         let flat = 8 * ndf * 4 * 4;
         Ok(Self {
             layers,
-            fc_mu: linear(flat, LATENT_DIM, vb.pp("fc_mu"))?,
-            fc_var: linear(flat, LATENT_DIM, vb.pp("fc_var"))?,
+            fc_mu: Linear::new(flat, LATENT_DIM, vb.pp("fc_mu"))?,
+            fc_var: Linear::new(flat, LATENT_DIM, vb.pp("fc_var"))?,
         })
     }
 

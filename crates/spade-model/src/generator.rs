@@ -2,11 +2,11 @@
 //! style vector `z`), grown by SPADE residual blocks and nearest x2 upsampling to an image.
 
 use candle_core::{Module, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use crate::config::{Config, Upsampling};
 use crate::error::{Error, Result};
-use crate::layers::{leaky_relu, linear, resize_nearest, upsample2x, Conv2d, ConvSpec};
+use crate::layers::{leaky_relu, resize_nearest, upsample2x, Conv2d, ConvSpec, Linear};
 use crate::resblock::SpadeResBlock;
 
 /// Where the first feature map comes from.
@@ -32,7 +32,7 @@ impl Generator {
         let nf = cfg.ngf;
         let (sw, sh) = cfg.latent_size();
         let fc = if cfg.use_vae {
-            Head::Style(linear(cfg.z_dim, 16 * nf * sw * sh, vb.pp("fc"))?)
+            Head::Style(Linear::new(cfg.z_dim, 16 * nf * sw * sh, vb.pp("fc"))?)
         } else {
             Head::Segmap(Conv2d::new(
                 ConvSpec::same(cfg.semantic_nc(), 16 * nf, 3),

@@ -102,9 +102,25 @@ fn spectral_normalized(vb: &VarBuilder, shape: (usize, usize, usize, usize)) -> 
     Ok((orig / f64::from(sigma).max(SPECTRAL_EPS))?)
 }
 
-/// A fully connected layer with bias (`nn.Linear`).
-pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<candle_nn::Linear> {
-    Ok(candle_nn::linear(in_dim, out_dim, vb)?)
+/// A fully connected layer with bias (`nn.Linear`) whose output rows never depend on the
+/// other rows of the batch: matrix kernels pick different code paths (and summation orders)
+/// for different row counts, and a served image must not change with its batch mates.
+#[derive(Debug, Clone)]
+pub struct Linear(candle_nn::Linear);
+
+impl Linear {
+    pub fn new(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self(candle_nn::linear(in_dim, out_dim, vb)?))
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let rows = (0..x.dim(0)?)
+            .map(|i| self.0.forward(&x.narrow(0, i, 1)?))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Tensor::cat(&rows, 0)
+    }
 }
 
 /// Parameter-free normalisation: instance statistics, or batch-norm running statistics

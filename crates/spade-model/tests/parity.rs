@@ -187,3 +187,41 @@ fn converted_safetensors_gives_identical_output() {
     let (mu_b, _) = converted.encode(&image).unwrap();
     assert_eq!(common::max_abs_diff(&mu_a, &mu_b), 0.0);
 }
+
+#[test]
+fn batch_composition_does_not_change_any_image_bitwise() {
+    // The server batches unrelated requests together and promises identical bytes.
+    for case_name in ["gen_coco_eval", "vae_eval"] {
+        let dir = case(case_name);
+        let model = SpadeModel::load(&dir, &cpu()).unwrap();
+        let semantics = semantics_from_pngs(&dir, &model, 2);
+        let z = model.config.use_vae.then(|| npy(&dir, "z.npy"));
+        let both = model.synthesize(&semantics, z.as_ref()).unwrap();
+        for i in 0..2 {
+            let one = semantics.narrow(0, i, 1).unwrap();
+            let z_one = z.as_ref().map(|z| z.narrow(0, i, 1).unwrap());
+            let alone = model.synthesize(&one, z_one.as_ref()).unwrap();
+            let in_batch = both.narrow(0, i, 1).unwrap();
+            assert_eq!(
+                common::max_abs_diff(&alone, &in_batch),
+                0.0,
+                "{case_name} image {i}"
+            );
+        }
+    }
+    let dir = case("vae_eval");
+    let model = SpadeModel::load(&dir, &cpu()).unwrap();
+    let images = npy(&dir, "image.npy");
+    let (mu_both, logvar_both) = model.encode(&images).unwrap();
+    for i in 0..2 {
+        let (mu, logvar) = model.encode(&images.narrow(0, i, 1).unwrap()).unwrap();
+        assert_eq!(
+            common::max_abs_diff(&mu, &mu_both.narrow(0, i, 1).unwrap()),
+            0.0
+        );
+        assert_eq!(
+            common::max_abs_diff(&logvar, &logvar_both.narrow(0, i, 1).unwrap()),
+            0.0
+        );
+    }
+}
