@@ -51,6 +51,6 @@ pub fn run(args: Args) -> Result<()> {
 /// A photo file as the model's loader would give it: 1 x 3 x H x W in [-1, 1].
 pub fn load_photo(model: &SpadeModel, path: &std::path::Path) -> Result<Tensor> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let raw = decode_photo(&bytes, &path.display().to_string())?;
+    let raw = decode_photo(&bytes, &path.display().to_string(), &Default::default())?;
     Ok(Preprocessor::new(&model.config).photo(&raw, &model.device)?)
 }

@@ -87,7 +87,11 @@ fn semantics_from_pngs(
     let pre = Preprocessor::new(&model.config);
     let read_ids = |path: &Path| -> Result<_> {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        Ok(decode_id_png(&bytes, &path.display().to_string())?)
+        Ok(decode_id_png(
+            &bytes,
+            &path.display().to_string(),
+            &Default::default(),
+        )?)
     };
     let labels = [pre.label(&read_ids(label)?)];
     let instances = instance

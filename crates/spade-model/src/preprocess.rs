@@ -19,33 +19,71 @@ use crate::config::{round_half_even, Config, PreprocessMode};
 use crate::error::{Error, Result};
 use crate::resample::Raster;
 
-/// The largest width or height accepted from an input file.
-pub const MAX_SIDE: u32 = 8192;
-/// The most bytes a decoder may allocate for one input file.
-const MAX_DECODE_BYTES: u64 = 1 << 30;
+/// How large an input file may be once decoded: checked from the header, before any
+/// pixel is decoded, so a small compressed file cannot claim gigabytes.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeLimits {
+    pub max_side: u32,
+    pub max_pixels: u64,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        Self {
+            max_side: 8192,
+            max_pixels: 8192 * 8192,
+        }
+    }
+}
+
+impl DecodeLimits {
+    /// Checks a header's dimensions against the limits.
+    pub fn check(&self, width: u32, height: u32, what: &str) -> Result<()> {
+        if width == 0 || height == 0 {
+            return Err(Error::input(
+                what,
+                format!("empty image ({width}x{height})"),
+            ));
+        }
+        if width > self.max_side
+            || height > self.max_side
+            || u64::from(width) * u64::from(height) > self.max_pixels
+        {
+            return Err(Error::input(
+                what,
+                format!(
+                    "{width}x{height} exceeds the limit of {} pixels per side and {} pixels",
+                    self.max_side, self.max_pixels
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Bytes a decoder may allocate: RGBA at 16 bits for the largest allowed image.
+    fn max_alloc(&self) -> u64 {
+        self.max_pixels * 8
+    }
+}
 
 /// A map of integer ids (one channel).
 pub type IdMap = Raster<i64>;
 
 /// Decodes a label or instance PNG to its raw ids: grey values (8 or 16 bit) or palette
 /// indices, never colours.
-pub fn decode_id_png(bytes: &[u8], what: &str) -> Result<IdMap> {
+pub fn decode_id_png(bytes: &[u8], what: &str, limits: &DecodeLimits) -> Result<IdMap> {
     let fail = |reason: String| Error::input(what, reason);
-    let limits = png::Limits {
-        bytes: MAX_DECODE_BYTES as usize,
+    let png_limits = png::Limits {
+        bytes: limits.max_alloc() as usize,
     };
-    let mut decoder = png::Decoder::new_with_limits(Cursor::new(bytes), limits);
+    let mut decoder = png::Decoder::new_with_limits(Cursor::new(bytes), png_limits);
     decoder.set_transformations(png::Transformations::IDENTITY);
     let mut reader = decoder
         .read_info()
         .map_err(|e| fail(format!("not a readable PNG: {e}")))?;
     let info = reader.info();
     let (width, height) = (info.width, info.height);
-    if width > MAX_SIDE || height > MAX_SIDE {
-        return Err(fail(format!(
-            "{width}x{height} is larger than the {MAX_SIDE}x{MAX_SIDE} limit"
-        )));
-    }
+    limits.check(width, height, what)?;
     let (color, depth) = (info.color_type, info.bit_depth);
     let sixteen = match (color, depth) {
         (png::ColorType::Grayscale | png::ColorType::Indexed, png::BitDepth::Eight) => false,
@@ -82,16 +120,23 @@ pub fn decode_id_png(bytes: &[u8], what: &str) -> Result<IdMap> {
 }
 
 /// Decodes a photo (PNG, JPEG or WebP) to 8-bit RGB, as PIL's `convert('RGB')`.
-pub fn decode_photo(bytes: &[u8], what: &str) -> Result<Raster<u8>> {
+pub fn decode_photo(bytes: &[u8], what: &str, limits: &DecodeLimits) -> Result<Raster<u8>> {
     let fail = |reason: String| Error::input(what, reason);
-    let mut reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| fail(e.to_string()))?;
-    let mut limits = image::Limits::default();
-    limits.max_image_width = Some(MAX_SIDE);
-    limits.max_image_height = Some(MAX_SIDE);
-    limits.max_alloc = Some(MAX_DECODE_BYTES);
-    reader.limits(limits);
+    let open = || {
+        ImageReader::new(Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| fail(e.to_string()))
+    };
+    let (width, height) = open()?
+        .into_dimensions()
+        .map_err(|e| fail(format!("cannot read image header: {e}")))?;
+    limits.check(width, height, what)?;
+    let mut reader = open()?;
+    let mut decode_limits = image::Limits::default();
+    decode_limits.max_image_width = Some(limits.max_side);
+    decode_limits.max_image_height = Some(limits.max_side);
+    decode_limits.max_alloc = Some(limits.max_alloc());
+    reader.limits(decode_limits);
     let image = reader
         .decode()
         .map_err(|e| fail(format!("cannot decode image: {e}")))?
@@ -178,7 +223,11 @@ impl Preprocessor {
 
     /// Label ids after the geometric transforms, with 255 mapped to `label_nc`.
     pub fn label(&self, raw: &IdMap) -> IdMap {
-        let mut label = self.apply(raw, Raster::resize_nearest);
+        self.map_dontcare(self.apply(raw, Raster::resize_nearest))
+    }
+
+    /// Maps id 255 to `label_nc`, the dontcare class, as the reference loader does.
+    pub fn map_dontcare(&self, mut label: IdMap) -> IdMap {
         for v in &mut label.data {
             if *v == 255 {
                 *v = self.config.label_nc as i64;

@@ -17,7 +17,12 @@ fn semantics_from_pngs(dir: &std::path::Path, model: &SpadeModel, n: usize) -> T
     let pre = Preprocessor::new(&model.config);
     let labels: Vec<_> = (0..n)
         .map(|i| {
-            let raw = decode_id_png(&read(dir, &format!("label_{i}.png")), "label").unwrap();
+            let raw = decode_id_png(
+                &read(dir, &format!("label_{i}.png")),
+                "label",
+                &Default::default(),
+            )
+            .unwrap();
             pre.label(&raw)
         })
         .collect();
@@ -25,7 +30,9 @@ fn semantics_from_pngs(dir: &std::path::Path, model: &SpadeModel, n: usize) -> T
         (0..n)
             .map(|i| {
                 let f = format!("instance_{i}.png");
-                pre.instance(&decode_id_png(&read(dir, &f), "instance").unwrap())
+                pre.instance(
+                    &decode_id_png(&read(dir, &f), "instance", &Default::default()).unwrap(),
+                )
             })
             .collect()
     });

@@ -27,7 +27,11 @@ fn coco_loader_matches_reference_on_real_samples() {
     assert_eq!(ids.len(), 3);
 
     for id in &ids {
-        let raw_label = decode_id_png(&read(&dir, &format!("raw/val_label/{id}.png")), "label");
+        let raw_label = decode_id_png(
+            &read(&dir, &format!("raw/val_label/{id}.png")),
+            "label",
+            &Default::default(),
+        );
         let label = pre.label(&raw_label.unwrap());
         let expected = npy(&dir, &format!("{id}_label.npy"));
         assert_eq!(
@@ -36,7 +40,11 @@ fn coco_loader_matches_reference_on_real_samples() {
             "{id} label"
         );
 
-        let raw_inst = decode_id_png(&read(&dir, &format!("raw/val_inst/{id}.png")), "inst");
+        let raw_inst = decode_id_png(
+            &read(&dir, &format!("raw/val_inst/{id}.png")),
+            "inst",
+            &Default::default(),
+        );
         let instance = pre.instance(&raw_inst.unwrap());
         let expected = npy(&dir, &format!("{id}_instance.npy"));
         assert_eq!(
@@ -57,7 +65,11 @@ fn coco_loader_matches_reference_on_real_samples() {
 
         // JPEG decoders may differ by a few 1/255 steps (libjpeg-turbo vs ours); the
         // bicubic resize itself is PIL's, so the error stays at that level.
-        let photo = decode_photo(&read(&dir, &format!("raw/val_img/{id}.jpg")), "photo");
+        let photo = decode_photo(
+            &read(&dir, &format!("raw/val_img/{id}.jpg")),
+            "photo",
+            &Default::default(),
+        );
         let image = pre.photo(&photo.unwrap(), &Device::Cpu).unwrap();
         let expected = npy(&dir, &format!("{id}_image.npy"));
         let step = 2.0 / 255.0;
@@ -95,11 +107,30 @@ fn label_ids_outside_the_model_are_rejected_with_the_id() {
 
 #[test]
 fn non_png_and_colour_labels_are_rejected() {
-    let err = decode_id_png(b"GIF89a....", "label")
+    let err = decode_id_png(b"GIF89a....", "label", &Default::default())
         .unwrap_err()
         .to_string();
     assert!(err.contains("not a readable PNG"), "{err}");
     let dir = case("preprocess_coco");
-    let jpeg_as_png = decode_id_png(&read(&dir, "raw/val_img/000000000139.jpg"), "label");
+    let jpeg_as_png = decode_id_png(
+        &read(&dir, "raw/val_img/000000000139.jpg"),
+        "label",
+        &Default::default(),
+    );
     assert!(jpeg_as_png.is_err());
+}
+
+#[test]
+fn decode_limits_are_checked_from_the_header() {
+    use spade_model::preprocess::DecodeLimits;
+    let dir = case("gen_coco_eval");
+    let small = DecodeLimits {
+        max_side: 32,
+        max_pixels: 1024,
+    };
+    let err = decode_id_png(&read(&dir, "label_0.png"), "label", &small).unwrap_err();
+    assert!(err.to_string().contains("64x64 exceeds"), "{err}");
+    let jpg = read(&case("preprocess_coco"), "raw/val_img/000000000139.jpg");
+    let err = decode_photo(&jpg, "photo", &small).unwrap_err();
+    assert!(err.to_string().contains("exceeds"), "{err}");
 }
