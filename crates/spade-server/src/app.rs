@@ -1,0 +1,201 @@
+//! Start-up and shutdown: load the models, start the workers, serve HTTP, drain on SIGTERM.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use axum::extract::DefaultBodyLimit;
+use candle_core::Device;
+use spade_model::preprocess::DecodeLimits;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+
+use crate::config::ServerConfig;
+use crate::engine::{Engine, ModelEngine};
+use crate::metrics::Metrics;
+use crate::models::{self, ModelInfo};
+use crate::queue::Queue;
+use crate::routes;
+use crate::worker::WorkerPool;
+
+/// Shared by every request.
+pub struct AppState {
+    pub models: Vec<ModelInfo>,
+    pub queue: Arc<Queue>,
+    pub pool: WorkerPool,
+    pub metrics: Metrics,
+    pub limits: DecodeLimits,
+    pub request_timeout: Duration,
+    pub api_keys: Vec<String>,
+    pub next_job: AtomicU64,
+    pub draining: AtomicBool,
+}
+
+/// A server running in the background, stopped by [`RunningServer::shutdown`].
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    stop: Arc<Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// Starts draining, as SIGTERM does, and waits until the server has exited.
+    pub async fn shutdown(self) {
+        self.stop.notify_one();
+        let _ = self.task.await;
+    }
+
+    /// Waits for the server to exit after a signal.
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Loads the models and starts serving with the production engine.
+pub async fn start(config: ServerConfig) -> Result<RunningServer> {
+    config.validate()?;
+    let specs = config.model_specs()?;
+    if specs.is_empty() {
+        bail!(
+            "no model to serve: give --model NAME=PATH (a checkpoint folder with opt.txt and \
+             latest_net_G.pth, or a .safetensors file from `spade convert`); there is no bundled \
+             default model yet"
+        );
+    }
+    let devices = config
+        .devices
+        .iter()
+        .map(|d| parse_device(d))
+        .collect::<Result<Vec<_>>>()?;
+    let (infos, weights) = tokio::task::spawn_blocking(move || models::load(&specs, &devices))
+        .await
+        .context("model loading thread")??;
+    let device_count = weights.len();
+    start_with_engine(config, infos, Arc::new(ModelEngine::new(weights)), device_count).await
+}
+
+/// Starts serving `models` with any engine (tests use engines that fail on purpose).
+pub async fn start_with_engine(
+    config: ServerConfig,
+    models: Vec<ModelInfo>,
+    engine: Arc<dyn Engine>,
+    devices: usize,
+) -> Result<RunningServer> {
+    let metrics = Metrics::new();
+    let names = models.iter().map(|m| m.name.clone()).collect();
+    let queue = Arc::new(Queue::new(
+        names,
+        config.max_queue,
+        config.max_batch_size,
+        config.max_batch_delay(),
+        metrics.clone(),
+    ));
+    let pool = WorkerPool::start(
+        queue.clone(),
+        engine,
+        metrics.clone(),
+        devices,
+        config.workers_per_device,
+    );
+    let state = Arc::new(AppState {
+        models,
+        queue,
+        pool,
+        metrics,
+        limits: DecodeLimits {
+            max_side: 16384,
+            max_pixels: config.max_pixels,
+        },
+        request_timeout: config.request_timeout(),
+        api_keys: config.all_api_keys()?,
+        next_job: AtomicU64::new(0),
+        draining: AtomicBool::new(false),
+    });
+    let app = routes::router(state.clone())
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(cors(&config.cors_origins));
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "listening");
+
+    let stop = Arc::new(Notify::new());
+    let grace = Duration::from_secs_f64(config.shutdown_grace);
+    let task = {
+        let (stop, state) = (stop.clone(), state.clone());
+        tokio::spawn(async move {
+            let drained = {
+                let (stop, state) = (stop.clone(), state.clone());
+                async move {
+                    stop.notified().await;
+                    state.draining.store(true, Ordering::Release);
+                    tracing::info!("draining: no new connections, finishing in-flight requests");
+                }
+            };
+            let serve = axum::serve(listener, app).with_graceful_shutdown(drained);
+            let deadline = async {
+                // Only starts counting once draining began.
+                while !state.draining.load(Ordering::Acquire) {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                tokio::time::sleep(grace).await;
+            };
+            tokio::select! {
+                result = serve => {
+                    if let Err(err) = result {
+                        tracing::error!(%err, "server error");
+                    }
+                }
+                _ = deadline => tracing::warn!("grace period over; exiting with work in flight"),
+            }
+            let pool_state = state.clone();
+            let _ = tokio::task::spawn_blocking(move || pool_state.pool.shutdown()).await;
+            tracing::info!("stopped");
+        })
+    };
+    Ok(RunningServer { addr, state, stop, task })
+}
+
+/// Notifies the server on SIGTERM or Ctrl-C.
+pub fn stop_on_signals(server: &RunningServer) {
+    let stop = server.stop.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        let term = async {
+            if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                s.recv().await;
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+        stop.notify_one();
+    });
+}
+
+fn parse_device(spec: &str) -> Result<Device> {
+    if spec == "cpu" {
+        return Ok(Device::Cpu);
+    }
+    let index = spec
+        .strip_prefix("cuda:")
+        .and_then(|i| i.parse().ok())
+        .with_context(|| format!("device `{spec}`: expected cpu or cuda:N"))?;
+    Device::new_cuda(index).with_context(|| format!("opening {spec}"))
+}
+
+fn cors(origins: &[String]) -> CorsLayer {
+    let layer = CorsLayer::new().allow_methods(Any).allow_headers(Any);
+    if origins.iter().any(|o| o == "*") {
+        layer.allow_origin(Any)
+    } else {
+        let list = origins.iter().filter_map(|o| o.parse().ok()).collect::<Vec<_>>();
+        layer.allow_origin(AllowOrigin::list(list))
+    }
+}

@@ -1,0 +1,22 @@
+//! spade-server: SPADE inference over HTTP.
+//!
+//! Request flow: [`request`] reads the body → [`validate`] checks it against the model →
+//! [`queue`] holds it → [`worker`] threads take batches → [`engine`] runs the model and
+//! encodes the image → [`routes`] answers. [`app`] wires it together.
+
+pub mod app;
+pub mod classes;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod job;
+pub mod metrics;
+pub mod models;
+pub mod queue;
+pub mod request;
+pub mod routes;
+pub mod validate;
+pub mod worker;
+
+pub use app::{start, start_with_engine, RunningServer};
+pub use config::ServerConfig;

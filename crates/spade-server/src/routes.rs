@@ -1,0 +1,246 @@
+//! HTTP routes: thin handlers over validation, the queue and the response encoding.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use tokio::sync::oneshot;
+
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::job::{Done, Job, Outcome, Task};
+use crate::{models, request, validate};
+
+/// The served OpenAPI document (the repository's top-level `openapi.yaml`).
+pub const OPENAPI: &str = include_str!("../../../openapi.yaml");
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let api = Router::new()
+        .route("/v1/synthesize", post(synthesize))
+        .route("/v1/encode-style", post(encode_style))
+        .route("/v1/models", get(list_models))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_api_key));
+    Router::new()
+        .merge(api)
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/openapi.yaml", get(|| async { ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI) }))
+        .fallback(|| async { ApiError::NotFound("no such route; see /openapi.yaml".into()) })
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+async fn synthesize(State(app): State<Arc<AppState>>, headers: HeaderMap, req: Request) -> Result<Response, ApiError> {
+    let upload = request::read_synthesize(req).await?;
+    let (index, _) = models::resolve(&app.models, upload.options.model.as_deref())?;
+    let seed = upload.options.seed.unwrap_or_else(rand_seed);
+    let task = {
+        let app = app.clone();
+        blocking(move || {
+            let model = &app.models[index];
+            validate::synthesize(model, upload, seed, &app.limits).map(Task::Synthesize)
+        })
+        .await?
+    };
+    let done = app.submit(index, task).await?;
+    let model = &app.models[index].name;
+    let Outcome::Image { bytes, format } = &done.outcome else {
+        return Err(ApiError::Internal("synthesis returned no image".into()));
+    };
+    let format = *format;
+    let mut response = if wants_json(&headers) {
+        Json(json!({
+            "model": model,
+            "seed": seed,
+            "batch_size": done.batch_size,
+            "content_type": format.content_type(),
+            "image": base64::engine::general_purpose::STANDARD.encode(bytes),
+        }))
+        .into_response()
+    } else {
+        ([(header::CONTENT_TYPE, format.content_type())], bytes.clone()).into_response()
+    };
+    add_headers(&mut response, model, seed, &done);
+    Ok(response)
+}
+
+async fn encode_style(State(app): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
+    let upload = request::read_style(req).await?;
+    let (index, _) = models::resolve(&app.models, upload.options.model.as_deref())?;
+    let seed = upload.options.seed.unwrap_or_else(rand_seed);
+    let task = {
+        let app = app.clone();
+        blocking(move || {
+            validate::encode_style(&app.models[index], &upload.image, seed, &app.limits).map(Task::EncodeStyle)
+        })
+        .await?
+    };
+    let done = app.submit(index, task).await?;
+    let model = &app.models[index].name;
+    let Outcome::Style { mu, logvar, latent } = &done.outcome else {
+        return Err(ApiError::Internal("encoding returned no style".into()));
+    };
+    let mut response = Json(json!({"model": model, "seed": seed, "mu": mu, "logvar": logvar, "latent": latent})).into_response();
+    add_headers(&mut response, model, seed, &done);
+    Ok(response)
+}
+
+async fn list_models(State(app): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    let models: Vec<_> = app.models.iter().enumerate().map(|(i, m)| m.summary(i == 0)).collect();
+    Json(json!({ "models": models }))
+}
+
+async fn ready(State(app): State<Arc<AppState>>) -> Response {
+    if app.draining.load(Ordering::Acquire) {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "draining"}))).into_response()
+    } else if app.pool.ready() {
+        Json(json!({"status": "ready"})).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "warming up"}))).into_response()
+    }
+}
+
+async fn metrics(State(app): State<Arc<AppState>>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.metrics.render())
+}
+
+/// Requests and latency by route template and status.
+async fn observe(State(app): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let start = Instant::now();
+    let response = next.run(req).await;
+    app.metrics
+        .requests
+        .with_label_values(&[&route, response.status().as_str()])
+        .inc();
+    app.metrics
+        .latency
+        .with_label_values(&[&route])
+        .observe(start.elapsed().as_secs_f64());
+    response
+}
+
+/// `Authorization: Bearer KEY` or `X-API-Key: KEY`, compared in constant time.
+async fn require_api_key(State(app): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if app.api_keys.is_empty() {
+        return next.run(req).await;
+    }
+    let headers = req.headers();
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
+        .unwrap_or("");
+    let mut ok = subtle::Choice::from(0);
+    for key in &app.api_keys {
+        ok |= key.as_bytes().ct_eq(given.as_bytes());
+    }
+    if bool::from(ok) {
+        next.run(req).await
+    } else {
+        ApiError::Unauthorized.into_response()
+    }
+}
+
+impl AppState {
+    /// Queues a task and waits for its result. A request whose work has not started by
+    /// the deadline is taken out of the queue and answered 504; a dropped request (client
+    /// gone) takes its job out of the queue.
+    pub async fn submit(&self, model: usize, task: Task) -> Result<Done, ApiError> {
+        let (reply, rx) = oneshot::channel();
+        let now = Instant::now();
+        let id = self.next_job.fetch_add(1, Ordering::Relaxed);
+        let deadline = now + self.request_timeout;
+        let job = Job { id, model, task, enqueued: now, deadline, reply };
+        if let Err((_, err)) = self.queue.push(job) {
+            let reason = match err {
+                ApiError::ShuttingDown => "shutting_down",
+                _ => "queue_full",
+            };
+            self.metrics.rejections.with_label_values(&[reason]).inc();
+            return Err(err);
+        }
+        let guard = CancelOnDrop { app: self, id };
+        let mut rx = rx;
+        let result = tokio::select! {
+            result = &mut rx => result,
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                if self.queue.cancel(id) {
+                    self.metrics.rejections.with_label_values(&["timeout"]).inc();
+                    return Err(ApiError::Timeout(self.request_timeout.as_secs_f64()));
+                }
+                // Already running: wait for it to finish.
+                rx.await
+            }
+        };
+        std::mem::forget(guard);
+        result.map_err(|_| ApiError::Internal("the worker dropped the request".into()))?
+    }
+}
+
+/// Takes a job out of the queue when its request is dropped before completing.
+struct CancelOnDrop<'a> {
+    app: &'a AppState,
+    id: u64,
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.app.queue.cancel(self.id) {
+            self.app.metrics.rejections.with_label_values(&["cancelled"]).inc();
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(format!("validation failed: {e}")))?
+}
+
+fn add_headers(response: &mut Response, model: &str, seed: u64, done: &Done) {
+    let headers = response.headers_mut();
+    let mut set = |name: &'static str, value: String| {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(name, v);
+        }
+    };
+    set("x-model", model.to_string());
+    set("x-seed", seed.to_string());
+    set("x-batch-size", done.batch_size.to_string());
+    set(
+        "server-timing",
+        format!(
+            "queue;dur={:.1}, inference;dur={:.1}",
+            done.queued.as_secs_f64() * 1e3,
+            done.inference.as_secs_f64() * 1e3
+        ),
+    );
+}
+
+fn wants_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/json"))
+}
+
+/// A seed for requests that gave none, reported back in `X-Seed`; 53 bits, so it stays
+/// exact as a JSON number.
+fn rand_seed() -> u64 {
+    rand::random::<u64>() >> 11
+}
