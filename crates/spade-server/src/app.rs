@@ -75,7 +75,13 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         .await
         .context("model loading thread")??;
     let device_count = weights.len();
-    start_with_engine(config, infos, Arc::new(ModelEngine::new(weights)), device_count).await
+    start_with_engine(
+        config,
+        infos,
+        Arc::new(ModelEngine::new(weights)),
+        device_count,
+    )
+    .await
 }
 
 /// Starts serving `models` with any engine (tests use engines that fail on purpose).
@@ -158,7 +164,12 @@ pub async fn start_with_engine(
             tracing::info!("stopped");
         })
     };
-    Ok(RunningServer { addr, state, stop, task })
+    Ok(RunningServer {
+        addr,
+        state,
+        stop,
+        task,
+    })
 }
 
 /// Notifies the server on SIGTERM or Ctrl-C.
@@ -168,7 +179,9 @@ pub fn stop_on_signals(server: &RunningServer) {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
         let term = async {
-            if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            if let Ok(mut s) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            {
                 s.recv().await;
             }
         };
@@ -195,7 +208,10 @@ fn cors(origins: &[String]) -> CorsLayer {
     if origins.iter().any(|o| o == "*") {
         layer.allow_origin(Any)
     } else {
-        let list = origins.iter().filter_map(|o| o.parse().ok()).collect::<Vec<_>>();
+        let list = origins
+            .iter()
+            .filter_map(|o| o.parse().ok())
+            .collect::<Vec<_>>();
         layer.allow_origin(AllowOrigin::list(list))
     }
 }

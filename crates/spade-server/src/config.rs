@@ -8,7 +8,11 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "spade-server", version, about = "SPADE / GauGAN inference server")]
+#[command(
+    name = "spade-server",
+    version,
+    about = "SPADE / GauGAN inference server"
+)]
 pub struct ServerConfig {
     /// Address to listen on.
     #[arg(long, env = "SPADE_LISTEN", default_value = "127.0.0.1:8080")]
@@ -21,7 +25,12 @@ pub struct ServerConfig {
     pub models: Vec<String>,
 
     /// Devices to run workers on: `cpu`, or GPUs such as `cuda:0,cuda:1`.
-    #[arg(long, env = "SPADE_DEVICES", value_delimiter = ',', default_value = "cpu")]
+    #[arg(
+        long,
+        env = "SPADE_DEVICES",
+        value_delimiter = ',',
+        default_value = "cpu"
+    )]
     pub devices: Vec<String>,
 
     /// Worker threads per device, each running whole batches.
@@ -45,7 +54,12 @@ pub struct ServerConfig {
     pub request_timeout: f64,
 
     /// API key required on /v1/* (repeatable). Health, readiness and metrics stay open.
-    #[arg(long = "api-key", env = "SPADE_API_KEYS", value_delimiter = ',', hide_env_values = true)]
+    #[arg(
+        long = "api-key",
+        env = "SPADE_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub api_keys: Vec<String>,
 
     /// File with one API key per line (blank lines and `#` comments ignored).
@@ -61,7 +75,11 @@ pub struct ServerConfig {
     pub max_pixels: u64,
 
     /// Origins allowed by CORS (`*` for any). None by default.
-    #[arg(long = "cors-origin", env = "SPADE_CORS_ORIGINS", value_delimiter = ',')]
+    #[arg(
+        long = "cors-origin",
+        env = "SPADE_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
     pub cors_origins: Vec<String>,
 
     /// Seconds to finish in-flight work after SIGTERM before exiting.
@@ -85,7 +103,11 @@ impl ServerConfig {
                 let (name, path) = spec
                     .split_once('=')
                     .with_context(|| format!("--model `{spec}`: expected NAME=PATH"))?;
-                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+                if name.is_empty()
+                    || !name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                {
                     bail!("--model `{spec}`: the name may use letters, digits, '-', '_' and '.'");
                 }
                 Ok(ModelSpec {
@@ -104,7 +126,12 @@ impl ServerConfig {
 
     /// Keys from `--api-key` and `--api-key-file` together.
     pub fn all_api_keys(&self) -> Result<Vec<String>> {
-        let mut keys: Vec<String> = self.api_keys.iter().filter(|k| !k.is_empty()).cloned().collect();
+        let mut keys: Vec<String> = self
+            .api_keys
+            .iter()
+            .filter(|k| !k.is_empty())
+            .cloned()
+            .collect();
         if let Some(path) = &self.api_key_file {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading API keys from {}", path.display()))?;

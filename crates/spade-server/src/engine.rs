@@ -64,7 +64,9 @@ impl Engine for ModelEngine {
             Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
             Err(err) => {
                 let message = err.to_string();
-                (0..n).map(|_| Err(ApiError::Internal(message.clone()))).collect()
+                (0..n)
+                    .map(|_| Err(ApiError::Internal(message.clone())))
+                    .collect()
             }
         }
     }
@@ -75,8 +77,15 @@ impl Engine for ModelEngine {
             let task = SynthesizeTask {
                 label: Raster::new(w, h, 1, vec![0; w * h]),
                 instance: (!model.config.no_instance).then(|| Raster::new(w, h, 1, vec![0; w * h])),
-                style: if model.config.use_vae { Style::Seed(0) } else { Style::None },
-                output: crate::job::OutputSpec { format: ImageFormat::Png, size: None },
+                style: if model.config.use_vae {
+                    Style::Seed(0)
+                } else {
+                    Style::None
+                },
+                output: crate::job::OutputSpec {
+                    format: ImageFormat::Png,
+                    size: None,
+                },
             };
             synthesize(model, &[task])?;
         }
@@ -122,7 +131,9 @@ fn style_vector(model: &SpadeModel, style: &Style) -> Result<Tensor, ApiError> {
         Style::None => Err(ApiError::Internal(
             "a VAE model was given no style; the handler always sets a seed".into(),
         )),
-        Style::Latent(values) => Tensor::from_vec(values.clone(), (1, z_dim), &model.device).map_err(internal),
+        Style::Latent(values) => {
+            Tensor::from_vec(values.clone(), (1, z_dim), &model.device).map_err(internal)
+        }
         Style::Photo { image, seed } => Ok(model.style_from_image(image, *seed)?),
     }
 }
@@ -132,7 +143,10 @@ fn encode_style(model: &SpadeModel, tasks: &[EncodeTask]) -> Result<Vec<Outcome>
     let batch = Tensor::cat(&photos, 0).map_err(internal)?;
     let (mu, logvar) = model.encode(&batch)?;
     let rows = |t: &Tensor| t.to_device(&Device::Cpu)?.to_vec2::<f32>();
-    let (mu, logvar) = (rows(&mu).map_err(internal)?, rows(&logvar).map_err(internal)?);
+    let (mu, logvar) = (
+        rows(&mu).map_err(internal)?,
+        rows(&logvar).map_err(internal)?,
+    );
     tasks
         .iter()
         .zip(mu.into_iter().zip(logvar))
@@ -156,8 +170,9 @@ fn encode_image(rgb: &Raster<u8>, format: ImageFormat) -> Result<Vec<u8>, ApiErr
     let mut out = Cursor::new(Vec::new());
     let result = match format {
         ImageFormat::Png => image.write_to(&mut out, image::ImageFormat::Png),
-        ImageFormat::Jpeg => image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
-            .encode_image(&image),
+        ImageFormat::Jpeg => {
+            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90).encode_image(&image)
+        }
     };
     result.map_err(|e| ApiError::Internal(format!("encoding the image: {e}")))?;
     Ok(out.into_inner())

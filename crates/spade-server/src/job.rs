@@ -46,7 +46,10 @@ pub enum Style {
     Seed(u64),
     Latent(Vec<f32>),
     /// A preprocessed photo (1 x 3 x H x W), encoded and sampled with `seed`.
-    Photo { image: Tensor, seed: u64 },
+    Photo {
+        image: Tensor,
+        seed: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,8 +84,15 @@ pub struct EncodeTask {
 /// What a finished task returns.
 #[derive(Debug)]
 pub enum Outcome {
-    Image { bytes: Vec<u8>, format: ImageFormat },
-    Style { mu: Vec<f32>, logvar: Vec<f32>, latent: Vec<f32> },
+    Image {
+        bytes: Vec<u8>,
+        format: ImageFormat,
+    },
+    Style {
+        mu: Vec<f32>,
+        logvar: Vec<f32>,
+        latent: Vec<f32>,
+    },
 }
 
 /// The outcome with how it was produced.

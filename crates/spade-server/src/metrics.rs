@@ -34,17 +34,22 @@ impl Metrics {
         )
         .expect("valid metric");
         let queue_wait = Histogram::with_opts(
-            HistogramOpts::new("spade_queue_wait_seconds", "Time from enqueue to batch start")
-                .buckets(seconds()),
+            HistogramOpts::new(
+                "spade_queue_wait_seconds",
+                "Time from enqueue to batch start",
+            )
+            .buckets(seconds()),
         )
         .expect("valid metric");
         let inference = Histogram::with_opts(
-            HistogramOpts::new("spade_inference_seconds", "Model time per batch").buckets(seconds()),
+            HistogramOpts::new("spade_inference_seconds", "Model time per batch")
+                .buckets(seconds()),
         )
         .expect("valid metric");
         let batch_size = Histogram::with_opts(
-            HistogramOpts::new("spade_batch_size", "Requests per batch")
-                .buckets(vec![1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 64.0]),
+            HistogramOpts::new("spade_batch_size", "Requests per batch").buckets(vec![
+                1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 64.0,
+            ]),
         )
         .expect("valid metric");
         let queue_depth = IntGaugeVec::new(

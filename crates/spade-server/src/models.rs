@@ -54,12 +54,15 @@ impl ModelInfo {
 }
 
 /// Loads every model on every device: `(infos, models[device][model])`.
-pub fn load(specs: &[ModelSpec], devices: &[Device]) -> Result<(Vec<ModelInfo>, Vec<Vec<SpadeModel>>)> {
+pub fn load(
+    specs: &[ModelSpec],
+    devices: &[Device],
+) -> Result<(Vec<ModelInfo>, Vec<Vec<SpadeModel>>)> {
     let mut infos = Vec::new();
     let mut per_device: Vec<Vec<SpadeModel>> = devices.iter().map(|_| Vec::new()).collect();
     for spec in specs {
-        let ckpt = Checkpoint::open(&spec.path)
-            .with_context(|| format!("model `{}`", spec.name))?;
+        let ckpt =
+            Checkpoint::open(&spec.path).with_context(|| format!("model `{}`", spec.name))?;
         for (device, models) in devices.iter().zip(&mut per_device) {
             let model = SpadeModel::from_checkpoint(&ckpt, device)
                 .with_context(|| format!("model `{}` on {device:?}", spec.name))?;
@@ -78,7 +81,10 @@ pub fn load(specs: &[ModelSpec], devices: &[Device]) -> Result<(Vec<ModelInfo>, 
 }
 
 /// The model a request names, or the default (first) one.
-pub fn resolve<'a>(models: &'a [ModelInfo], name: Option<&str>) -> Result<(usize, &'a ModelInfo), ApiError> {
+pub fn resolve<'a>(
+    models: &'a [ModelInfo],
+    name: Option<&str>,
+) -> Result<(usize, &'a ModelInfo), ApiError> {
     match name {
         None => Ok((0, &models[0])),
         Some(name) => models

@@ -85,17 +85,17 @@ impl Queue {
             .set(depth as i64);
     }
 
-    /// Enqueues a job, or gives it back with the reason it was refused.
-    pub fn push(&self, job: Job) -> Result<(), (Job, ApiError)> {
+    /// Enqueues a job, or says why it was refused.
+    pub fn push(&self, job: Job) -> Result<(), ApiError> {
         let mut state = self.lock();
         if state.closed {
-            return Err((job, ApiError::ShuttingDown));
+            return Err(ApiError::ShuttingDown);
         }
         let model = job.model;
         let len = state.per_model.entry(model).or_default();
         if *len >= self.max_per_model {
             let name = self.model_names[model].clone();
-            return Err((job, ApiError::QueueFull(name)));
+            return Err(ApiError::QueueFull(name));
         }
         *len += 1;
         state
@@ -133,9 +133,15 @@ impl Queue {
             for job in state.remove_where(|j| j.deadline <= now || j.reply.is_closed()) {
                 self.set_depth(&state, job.model);
                 if job.reply.is_closed() {
-                    self.metrics.rejections.with_label_values(&["cancelled"]).inc();
+                    self.metrics
+                        .rejections
+                        .with_label_values(&["cancelled"])
+                        .inc();
                 } else {
-                    self.metrics.rejections.with_label_values(&["timeout"]).inc();
+                    self.metrics
+                        .rejections
+                        .with_label_values(&["timeout"])
+                        .inc();
                     let waited = job.deadline.saturating_duration_since(job.enqueued);
                     let _ = job.reply.send(Err(ApiError::Timeout(waited.as_secs_f64())));
                 }
@@ -150,7 +156,11 @@ impl Queue {
                     return None;
                 }
                 let next_deadline = Duration::from_secs(1);
-                state = self.wake.wait_timeout(state, next_deadline).unwrap_or_else(|e| e.into_inner()).0;
+                state = self
+                    .wake
+                    .wait_timeout(state, next_deadline)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
                 continue;
             };
             let due = enqueued + self.max_delay;
@@ -170,7 +180,11 @@ impl Queue {
                 .min()
                 .unwrap_or(due);
             let wait = due.min(soonest_deadline).saturating_duration_since(now);
-            state = self.wake.wait_timeout(state, wait).unwrap_or_else(|e| e.into_inner()).0;
+            state = self
+                .wake
+                .wait_timeout(state, wait)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 }

@@ -49,17 +49,6 @@ pub struct StyleUpload {
     pub options: Options,
 }
 
-/// JSON form: images as base64 strings next to the options.
-#[derive(Deserialize)]
-struct JsonBody {
-    #[serde(alias = "image")]
-    label: Option<String>,
-    instance: Option<String>,
-    style: Option<String>,
-    #[serde(flatten)]
-    options: Options,
-}
-
 /// Parsed body: named images and the options.
 struct Parts {
     label: Option<Bytes>,
@@ -104,17 +93,7 @@ async fn read_parts(req: Request, main_part: &str) -> Result<Parts, ApiError> {
     let content_type = content_type(req.headers());
     let mut parts = match content_type.as_str() {
         "multipart/form-data" => read_multipart(req, main_part).await?,
-        "application/json" => {
-            let body = body_bytes(req).await?;
-            let json: JsonBody = serde_json::from_slice(&body)
-                .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
-            Parts {
-                label: json.label.as_deref().map(|s| base64_image("label", s)).transpose()?,
-                instance: json.instance.as_deref().map(|s| base64_image("instance", s)).transpose()?,
-                style: json.style.as_deref().map(|s| base64_image("style", s)).transpose()?,
-                options: json.options,
-            }
-        }
+        "application/json" => read_json(&body_bytes(req).await?, main_part)?,
         t if t.starts_with("image/") || t == "application/octet-stream" => Parts {
             label: Some(body_bytes(req).await?),
             instance: None,
@@ -123,7 +102,8 @@ async fn read_parts(req: Request, main_part: &str) -> Result<Parts, ApiError> {
         },
         "" => {
             return Err(ApiError::UnsupportedMediaType(
-                "missing Content-Type: send image/png, multipart/form-data or application/json".into(),
+                "missing Content-Type: send image/png, multipart/form-data or application/json"
+                    .into(),
             ))
         }
         other => {
@@ -204,6 +184,35 @@ async fn read_multipart(req: Request<Body>, main_part: &str) -> Result<Parts, Ap
     Ok(parts)
 }
 
+/// JSON form: images as base64 strings next to the options.
+fn read_json(body: &[u8], main_part: &str) -> Result<Parts, ApiError> {
+    let mut object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body)
+        .map_err(|e| {
+            ApiError::BadRequest(format!("invalid JSON body (expected an object): {e}"))
+        })?;
+    let mut image = |field: &str| match object.remove(field) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(text)) => base64_image(field, &text).map(Some),
+        Some(_) => Err(ApiError::BadRequest(format!(
+            "`{field}` must be a base64 string"
+        ))),
+    };
+    let label = match image(main_part)? {
+        Some(bytes) => Some(bytes),
+        None => image("label")?,
+    };
+    let instance = image("instance")?;
+    let style = image("style")?;
+    let options = serde_json::from_value(serde_json::Value::Object(object))
+        .map_err(|e| ApiError::BadRequest(format!("invalid option: {e}")))?;
+    Ok(Parts {
+        label,
+        instance,
+        style,
+        options,
+    })
+}
+
 fn base64_image(field: &str, text: &str) -> Result<Bytes, ApiError> {
     let text = text.split_once(";base64,").map_or(text, |(_, data)| data);
     base64::engine::general_purpose::STANDARD
@@ -221,7 +230,11 @@ fn options_from_pairs(pairs: Vec<(String, String)>) -> Result<Options, ApiError>
             "seed" | "width" | "height" => serde_json::from_str(&value)
                 .ok()
                 .filter(serde_json::Value::is_u64)
-                .ok_or_else(|| ApiError::BadRequest(format!("`{key}` must be a non-negative integer, got `{value}`")))?,
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!(
+                        "`{key}` must be a non-negative integer, got `{value}`"
+                    ))
+                })?,
             _ => serde_json::Value::String(value),
         };
         map.insert(key, json);
@@ -252,7 +265,9 @@ fn percent_decode(s: &str) -> Result<String, ApiError> {
                 let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
                     .ok()
                     .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or_else(|| ApiError::BadRequest(format!("bad percent-encoding in `{s}`")))?;
+                    .ok_or_else(|| {
+                        ApiError::BadRequest(format!("bad percent-encoding in `{s}`"))
+                    })?;
                 out.push(hex);
                 i += 2;
             }

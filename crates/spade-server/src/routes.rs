@@ -28,19 +28,29 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/synthesize", post(synthesize))
         .route("/v1/encode-style", post(encode_style))
         .route("/v1/models", get(list_models))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_api_key));
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_api_key,
+        ));
     Router::new()
         .merge(api)
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
-        .route("/openapi.yaml", get(|| async { ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI) }))
+        .route(
+            "/openapi.yaml",
+            get(|| async { ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI) }),
+        )
         .fallback(|| async { ApiError::NotFound("no such route; see /openapi.yaml".into()) })
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
 
-async fn synthesize(State(app): State<Arc<AppState>>, headers: HeaderMap, req: Request) -> Result<Response, ApiError> {
+async fn synthesize(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    req: Request,
+) -> Result<Response, ApiError> {
     let upload = request::read_synthesize(req).await?;
     let (index, _) = models::resolve(&app.models, upload.options.model.as_deref())?;
     let seed = upload.options.seed.unwrap_or_else(rand_seed);
@@ -68,20 +78,28 @@ async fn synthesize(State(app): State<Arc<AppState>>, headers: HeaderMap, req: R
         }))
         .into_response()
     } else {
-        ([(header::CONTENT_TYPE, format.content_type())], bytes.clone()).into_response()
+        (
+            [(header::CONTENT_TYPE, format.content_type())],
+            bytes.clone(),
+        )
+            .into_response()
     };
     add_headers(&mut response, model, seed, &done);
     Ok(response)
 }
 
-async fn encode_style(State(app): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
+async fn encode_style(
+    State(app): State<Arc<AppState>>,
+    req: Request,
+) -> Result<Response, ApiError> {
     let upload = request::read_style(req).await?;
     let (index, _) = models::resolve(&app.models, upload.options.model.as_deref())?;
     let seed = upload.options.seed.unwrap_or_else(rand_seed);
     let task = {
         let app = app.clone();
         blocking(move || {
-            validate::encode_style(&app.models[index], &upload.image, seed, &app.limits).map(Task::EncodeStyle)
+            validate::encode_style(&app.models[index], &upload.image, seed, &app.limits)
+                .map(Task::EncodeStyle)
         })
         .await?
     };
@@ -90,28 +108,46 @@ async fn encode_style(State(app): State<Arc<AppState>>, req: Request) -> Result<
     let Outcome::Style { mu, logvar, latent } = &done.outcome else {
         return Err(ApiError::Internal("encoding returned no style".into()));
     };
-    let mut response = Json(json!({"model": model, "seed": seed, "mu": mu, "logvar": logvar, "latent": latent})).into_response();
+    let mut response =
+        Json(json!({"model": model, "seed": seed, "mu": mu, "logvar": logvar, "latent": latent}))
+            .into_response();
     add_headers(&mut response, model, seed, &done);
     Ok(response)
 }
 
 async fn list_models(State(app): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    let models: Vec<_> = app.models.iter().enumerate().map(|(i, m)| m.summary(i == 0)).collect();
+    let models: Vec<_> = app
+        .models
+        .iter()
+        .enumerate()
+        .map(|(i, m)| m.summary(i == 0))
+        .collect();
     Json(json!({ "models": models }))
 }
 
 async fn ready(State(app): State<Arc<AppState>>) -> Response {
     if app.draining.load(Ordering::Acquire) {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "draining"}))).into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "draining"})),
+        )
+            .into_response()
     } else if app.pool.ready() {
         Json(json!({"status": "ready"})).into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "warming up"}))).into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "warming up"})),
+        )
+            .into_response()
     }
 }
 
 async fn metrics(State(app): State<Arc<AppState>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.metrics.render())
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.metrics.render(),
+    )
 }
 
 /// Requests and latency by route template and status.
@@ -165,8 +201,15 @@ impl AppState {
         let now = Instant::now();
         let id = self.next_job.fetch_add(1, Ordering::Relaxed);
         let deadline = now + self.request_timeout;
-        let job = Job { id, model, task, enqueued: now, deadline, reply };
-        if let Err((_, err)) = self.queue.push(job) {
+        let job = Job {
+            id,
+            model,
+            task,
+            enqueued: now,
+            deadline,
+            reply,
+        };
+        if let Err(err) = self.queue.push(job) {
             let reason = match err {
                 ApiError::ShuttingDown => "shutting_down",
                 _ => "queue_full",
@@ -201,12 +244,18 @@ struct CancelOnDrop<'a> {
 impl Drop for CancelOnDrop<'_> {
     fn drop(&mut self) {
         if self.app.queue.cancel(self.id) {
-            self.app.metrics.rejections.with_label_values(&["cancelled"]).inc();
+            self.app
+                .metrics
+                .rejections
+                .with_label_values(&["cancelled"])
+                .inc();
         }
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ApiError::Internal(format!("validation failed: {e}")))?

@@ -51,7 +51,9 @@ pub fn synthesize(
             ))
         }
         (Some(_), Some(_), true) => {
-            return Err(ApiError::BadRequest("give either `latent` or `style`, not both".into()))
+            return Err(ApiError::BadRequest(
+                "give either `latent` or `style`, not both".into(),
+            ))
         }
         (Some(latent), None, true) => {
             if latent.len() != cfg.z_dim || latent.iter().any(|v| !v.is_finite()) {
@@ -80,9 +82,13 @@ pub fn synthesize(
     let size = match (opts.width, opts.height, opts.fit) {
         (Some(w), Some(h), _) => Some(output_size(w, h, limits)?),
         (Some(_), None, _) | (None, Some(_), _) => {
-            return Err(ApiError::BadRequest("give both `width` and `height`".into()))
+            return Err(ApiError::BadRequest(
+                "give both `width` and `height`".into(),
+            ))
         }
-        (None, None, Some(Fit::Mask)) => Some(output_size(mask_size.0 as u32, mask_size.1 as u32, limits)?),
+        (None, None, Some(Fit::Mask)) => {
+            Some(output_size(mask_size.0 as u32, mask_size.1 as u32, limits)?)
+        }
         (None, None, Some(Fit::Model) | None) => None,
     };
     Ok(SynthesizeTask {
@@ -96,7 +102,12 @@ pub fn synthesize(
     })
 }
 
-pub fn encode_style(model: &ModelInfo, bytes: &[u8], seed: u64, limits: &DecodeLimits) -> Result<EncodeTask, ApiError> {
+pub fn encode_style(
+    model: &ModelInfo,
+    bytes: &[u8],
+    seed: u64,
+    limits: &DecodeLimits,
+) -> Result<EncodeTask, ApiError> {
     if !model.has_encoder {
         return Err(no_encoder(model));
     }
@@ -114,13 +125,22 @@ fn no_encoder(model: &ModelInfo) -> ApiError {
     ))
 }
 
-fn photo(model: &ModelInfo, bytes: &[u8], limits: &DecodeLimits) -> Result<candle_core::Tensor, ApiError> {
+fn photo(
+    model: &ModelInfo,
+    bytes: &[u8],
+    limits: &DecodeLimits,
+) -> Result<candle_core::Tensor, ApiError> {
     let raw = decode_photo(bytes, "style", limits)?;
     Ok(model.preprocessor.photo(&raw, &candle_core::Device::Cpu)?)
 }
 
 fn output_size(w: u32, h: u32, limits: &DecodeLimits) -> Result<(usize, usize), ApiError> {
-    if w == 0 || h == 0 || w > MAX_OUTPUT_SIDE || h > MAX_OUTPUT_SIDE || u64::from(w) * u64::from(h) > limits.max_pixels {
+    if w == 0
+        || h == 0
+        || w > MAX_OUTPUT_SIDE
+        || h > MAX_OUTPUT_SIDE
+        || u64::from(w) * u64::from(h) > limits.max_pixels
+    {
         return Err(ApiError::Unprocessable(format!(
             "output size {w}x{h}: each side must be 1..={MAX_OUTPUT_SIDE} and at most {} pixels in all",
             limits.max_pixels
@@ -145,7 +165,8 @@ fn decode_label(model: &ModelInfo, bytes: &[u8], limits: &DecodeLimits) -> Resul
             ids_from_colors(model, &rgb)
         }
         (png::ColorType::Grayscale, png::BitDepth::Sixteen) => Err(ApiError::Unprocessable(
-            "label: 16-bit label maps are not supported; label ids are 8-bit (grey or palette)".into(),
+            "label: 16-bit label maps are not supported; label ids are 8-bit (grey or palette)"
+                .into(),
         )),
         _ => Ok(decode_id_png(bytes, "label", limits)?),
     }
@@ -179,7 +200,11 @@ fn check_ids(model: &ModelInfo, label: &IdMap) -> Result<(), ApiError> {
             "label: id {bad} is outside the {classes} classes of model `{}` (ids 0..={}{})",
             model.name,
             classes - 1,
-            if model.config.contain_dontcare_label { ", and 255 for unlabeled" } else { "" }
+            if model.config.contain_dontcare_label {
+                ", and 255 for unlabeled"
+            } else {
+                ""
+            }
         )));
     }
     Ok(())

@@ -61,7 +61,12 @@ impl WorkerPool {
     pub fn shutdown(&self) {
         self.shared.queue.close();
         loop {
-            let handle = self.shared.handles.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let handle = self
+                .shared
+                .handles
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop();
             match handle {
                 Some(h) => {
                     let _ = h.join();
@@ -78,7 +83,11 @@ fn spawn(shared: &Arc<Shared>, device: usize, warm_up: bool) {
         .name(format!("spade-worker-d{device}"))
         .spawn(move || run(worker, device, warm_up))
         .expect("spawning a worker thread");
-    shared.handles.lock().unwrap_or_else(|e| e.into_inner()).push(handle);
+    shared
+        .handles
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(handle);
 }
 
 fn run(shared: Arc<Shared>, device: usize, warm_up: bool) {
@@ -93,7 +102,10 @@ fn run(shared: Arc<Shared>, device: usize, warm_up: bool) {
     while let Some(batch) = shared.queue.next_batch() {
         if !run_batch(&shared, device, batch) {
             shared.metrics.worker_restarts.inc();
-            tracing::error!(device, "worker panicked; its batch failed and a new worker replaces it");
+            tracing::error!(
+                device,
+                "worker panicked; its batch failed and a new worker replaces it"
+            );
             spawn(&shared, device, false);
             return;
         }
@@ -119,8 +131,14 @@ fn run_batch(shared: &Shared, device: usize, batch: Vec<Job>) -> bool {
     shared.metrics.inference.observe(inference.as_secs_f64());
     let (results, panicked) = match result {
         Ok(results) if results.len() == size => (results, false),
-        Ok(_) => (failures(size, "the engine returned the wrong number of results"), false),
-        Err(_) => (failures(size, "the worker failed while running this batch"), true),
+        Ok(_) => (
+            failures(size, "the engine returned the wrong number of results"),
+            false,
+        ),
+        Err(_) => (
+            failures(size, "the worker failed while running this batch"),
+            true,
+        ),
     };
     for ((reply, queued), result) in replies.into_iter().zip(results) {
         let _ = reply.send(result.map(|outcome| Done {
@@ -134,5 +152,7 @@ fn run_batch(shared: &Shared, device: usize, batch: Vec<Job>) -> bool {
 }
 
 fn failures(n: usize, why: &str) -> Vec<Result<crate::job::Outcome, ApiError>> {
-    (0..n).map(|_| Err(ApiError::Internal(why.to_string()))).collect()
+    (0..n)
+        .map(|_| Err(ApiError::Internal(why.to_string())))
+        .collect()
 }
