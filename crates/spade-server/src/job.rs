@@ -99,6 +99,12 @@ pub enum Outcome {
 #[derive(Debug)]
 pub struct Done {
     pub outcome: Outcome,
+    pub meta: BatchMeta,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct BatchMeta {
+    /// Requests that shared the batch.
     pub batch_size: usize,
     pub queued: Duration,
     pub inference: Duration,

@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 
 use crate::app::AppState;
 use crate::error::ApiError;
-use crate::job::{Done, Job, Outcome, Task};
+use crate::job::{BatchMeta, Done, Job, Outcome, Task};
 use crate::{models, request, validate};
 
 /// The served OpenAPI document (the repository's top-level `openapi.yaml`).
@@ -62,19 +62,18 @@ async fn synthesize(
         })
         .await?
     };
-    let done = app.submit(index, task).await?;
+    let Done { outcome, meta } = app.submit(index, task).await?;
     let model = &app.models[index].name;
-    let Outcome::Image { bytes, format } = &done.outcome else {
+    let Outcome::Image { bytes, format } = outcome else {
         return Err(ApiError::Internal("synthesis returned no image".into()));
     };
-    let format = *format;
     let mut response = if wants_json(&headers) {
         Json(json!({
             "model": model,
             "seed": seed,
-            "batch_size": done.batch_size,
+            "batch_size": meta.batch_size,
             "content_type": format.content_type(),
-            "image": base64::engine::general_purpose::STANDARD.encode(bytes),
+            "image": base64::engine::general_purpose::STANDARD.encode(&bytes),
         }))
         .into_response()
     } else {
@@ -84,7 +83,7 @@ async fn synthesize(
         )
             .into_response()
     };
-    add_headers(&mut response, model, seed, &done);
+    add_headers(&mut response, model, seed, &meta);
     Ok(response)
 }
 
@@ -103,15 +102,15 @@ async fn encode_style(
         })
         .await?
     };
-    let done = app.submit(index, task).await?;
+    let Done { outcome, meta } = app.submit(index, task).await?;
     let model = &app.models[index].name;
-    let Outcome::Style { mu, logvar, latent } = &done.outcome else {
+    let Outcome::Style { mu, logvar, latent } = outcome else {
         return Err(ApiError::Internal("encoding returned no style".into()));
     };
     let mut response =
         Json(json!({"model": model, "seed": seed, "mu": mu, "logvar": logvar, "latent": latent}))
             .into_response();
-    add_headers(&mut response, model, seed, &done);
+    add_headers(&mut response, model, seed, &meta);
     Ok(response)
 }
 
@@ -261,7 +260,7 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::Internal(format!("validation failed: {e}")))?
 }
 
-fn add_headers(response: &mut Response, model: &str, seed: u64, done: &Done) {
+fn add_headers(response: &mut Response, model: &str, seed: u64, meta: &BatchMeta) {
     let headers = response.headers_mut();
     let mut set = |name: &'static str, value: String| {
         if let Ok(v) = HeaderValue::from_str(&value) {
@@ -270,13 +269,13 @@ fn add_headers(response: &mut Response, model: &str, seed: u64, done: &Done) {
     };
     set("x-model", model.to_string());
     set("x-seed", seed.to_string());
-    set("x-batch-size", done.batch_size.to_string());
+    set("x-batch-size", meta.batch_size.to_string());
     set(
         "server-timing",
         format!(
             "queue;dur={:.1}, inference;dur={:.1}",
-            done.queued.as_secs_f64() * 1e3,
-            done.inference.as_secs_f64() * 1e3
+            meta.queued.as_secs_f64() * 1e3,
+            meta.inference.as_secs_f64() * 1e3
         ),
     );
 }

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use crate::engine::Engine;
 use crate::error::ApiError;
-use crate::job::{Done, Job, Task};
+use crate::job::{BatchMeta, Done, Job, Task};
 use crate::metrics::Metrics;
 use crate::queue::Queue;
 
@@ -141,12 +141,12 @@ fn run_batch(shared: &Shared, device: usize, batch: Vec<Job>) -> bool {
         ),
     };
     for ((reply, queued), result) in replies.into_iter().zip(results) {
-        let _ = reply.send(result.map(|outcome| Done {
-            outcome,
+        let meta = BatchMeta {
             batch_size: size,
             queued,
             inference,
-        }));
+        };
+        let _ = reply.send(result.map(|outcome| Done { outcome, meta }));
     }
     !panicked
 }
