@@ -5,7 +5,7 @@ mod convert;
 mod encode;
 mod synthesize;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use candle_core::Device;
 use clap::{Parser, Subcommand};
 
@@ -44,16 +44,7 @@ fn main() {
 
 /// `cpu` or `cuda:N`.
 pub fn parse_device(spec: &str) -> Result<Device> {
-    if spec == "cpu" {
-        return Ok(Device::Cpu);
-    }
-    let Some(index) = spec.strip_prefix("cuda:") else {
-        bail!("device `{spec}`: expected `cpu` or `cuda:N`");
-    };
-    let index: usize = index
-        .parse()
-        .with_context(|| format!("device `{spec}`: bad GPU index"))?;
-    Device::new_cuda(index).with_context(|| format!("opening {spec}"))
+    Ok(spade_model::model::parse_device(spec)?)
 }
 
 #[cfg(test)]

@@ -80,6 +80,18 @@ impl SpadeModel {
     }
 }
 
+/// A device from its command-line name: `cpu` or `cuda:N`.
+pub fn parse_device(spec: &str) -> Result<Device> {
+    if spec == "cpu" {
+        return Ok(Device::Cpu);
+    }
+    let index = spec
+        .strip_prefix("cuda:")
+        .and_then(|i| i.parse().ok())
+        .ok_or_else(|| Error::config("device", format!("`{spec}`: expected cpu or cuda:N")))?;
+    Device::new_cuda(index).map_err(|e| Error::config("device", format!("`{spec}`: {e}")))
+}
+
 /// `n x dim` standard-normal samples from a portable, seeded generator.
 pub fn standard_normal(seed: u64, n: usize, dim: usize, device: &Device) -> Result<Tensor> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);

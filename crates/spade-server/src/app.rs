@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use axum::extract::DefaultBodyLimit;
-use candle_core::Device;
 use spade_model::preprocess::DecodeLimits;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -69,8 +68,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
     let devices = config
         .devices
         .iter()
-        .map(|d| parse_device(d))
-        .collect::<Result<Vec<_>>>()?;
+        .map(|d| spade_model::model::parse_device(d))
+        .collect::<spade_model::Result<Vec<_>>>()?;
     let (infos, weights) = tokio::task::spawn_blocking(move || models::load(&specs, &devices))
         .await
         .context("model loading thread")??;
@@ -190,17 +189,6 @@ pub fn stop_on_signals(server: &RunningServer) {
         tokio::select! { _ = ctrl_c => {}, _ = term => {} }
         stop.notify_one();
     });
-}
-
-fn parse_device(spec: &str) -> Result<Device> {
-    if spec == "cpu" {
-        return Ok(Device::Cpu);
-    }
-    let index = spec
-        .strip_prefix("cuda:")
-        .and_then(|i| i.parse().ok())
-        .with_context(|| format!("device `{spec}`: expected cpu or cuda:N"))?;
-    Device::new_cuda(index).with_context(|| format!("opening {spec}"))
 }
 
 fn cors(origins: &[String]) -> CorsLayer {

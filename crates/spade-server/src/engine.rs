@@ -37,28 +37,18 @@ impl Engine for ModelEngine {
     fn run(&self, device: usize, model: usize, tasks: Vec<Task>) -> Vec<Result<Outcome, ApiError>> {
         let model = &self.models[device][model];
         let n = tasks.len();
-        let result = match tasks.first() {
-            Some(Task::Synthesize(_)) => {
-                let tasks: Vec<SynthesizeTask> = tasks
-                    .into_iter()
-                    .filter_map(|t| match t {
-                        Task::Synthesize(s) => Some(s),
-                        Task::EncodeStyle(_) => None,
-                    })
-                    .collect();
-                synthesize(model, &tasks)
+        // A batch holds one kind of task (the queue batches by model and kind).
+        let (mut synth, mut styles) = (Vec::new(), Vec::new());
+        for task in tasks {
+            match task {
+                Task::Synthesize(t) => synth.push(t),
+                Task::EncodeStyle(t) => styles.push(t),
             }
-            Some(Task::EncodeStyle(_)) => {
-                let tasks: Vec<EncodeTask> = tasks
-                    .into_iter()
-                    .filter_map(|t| match t {
-                        Task::EncodeStyle(e) => Some(e),
-                        Task::Synthesize(_) => None,
-                    })
-                    .collect();
-                encode_style(model, &tasks)
-            }
-            None => Ok(Vec::new()),
+        }
+        let result = match (synth.is_empty(), styles.is_empty()) {
+            (false, _) => synthesize(model, &synth),
+            (true, false) => encode_style(model, &styles),
+            (true, true) => Ok(Vec::new()),
         };
         match result {
             Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),

@@ -18,7 +18,9 @@ use tokio::sync::oneshot;
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::job::{BatchMeta, Done, Job, Outcome, Task};
-use crate::{models, request, validate};
+use crate::models::{self, ModelInfo};
+use crate::{request, validate};
+use spade_model::preprocess::DecodeLimits;
 
 /// The served OpenAPI document (the repository's top-level `openapi.yaml`).
 pub const OPENAPI: &str = include_str!("../../../openapi.yaml");
@@ -52,18 +54,12 @@ async fn synthesize(
     req: Request,
 ) -> Result<Response, ApiError> {
     let upload = request::read_synthesize(req).await?;
-    let (index, _) = models::resolve(&app.models, upload.options.model.as_deref())?;
-    let seed = upload.options.seed.unwrap_or_else(rand_seed);
-    let task = {
-        let app = app.clone();
-        blocking(move || {
-            let model = &app.models[index];
-            validate::synthesize(model, upload, seed, &app.limits).map(Task::Synthesize)
+    let options = (upload.options.model.clone(), upload.options.seed);
+    let (model, seed, Done { outcome, meta }) = app
+        .run(options, move |model, seed, limits| {
+            validate::synthesize(model, upload, seed, limits).map(Task::Synthesize)
         })
-        .await?
-    };
-    let Done { outcome, meta } = app.submit(index, task).await?;
-    let model = &app.models[index].name;
+        .await?;
     let Outcome::Image { bytes, format } = outcome else {
         return Err(ApiError::Internal("synthesis returned no image".into()));
     };
@@ -77,13 +73,9 @@ async fn synthesize(
         }))
         .into_response()
     } else {
-        (
-            [(header::CONTENT_TYPE, format.content_type())],
-            bytes.clone(),
-        )
-            .into_response()
+        ([(header::CONTENT_TYPE, format.content_type())], bytes).into_response()
     };
-    add_headers(&mut response, model, seed, &meta);
+    add_headers(&mut response, &model, seed, &meta);
     Ok(response)
 }
 
@@ -92,25 +84,19 @@ async fn encode_style(
     req: Request,
 ) -> Result<Response, ApiError> {
     let upload = request::read_style(req).await?;
-    let (index, _) = models::resolve(&app.models, upload.options.model.as_deref())?;
-    let seed = upload.options.seed.unwrap_or_else(rand_seed);
-    let task = {
-        let app = app.clone();
-        blocking(move || {
-            validate::encode_style(&app.models[index], &upload.image, seed, &app.limits)
-                .map(Task::EncodeStyle)
+    let options = (upload.options.model.clone(), upload.options.seed);
+    let (model, seed, Done { outcome, meta }) = app
+        .run(options, move |model, seed, limits| {
+            validate::encode_style(model, &upload.image, seed, limits).map(Task::EncodeStyle)
         })
-        .await?
-    };
-    let Done { outcome, meta } = app.submit(index, task).await?;
-    let model = &app.models[index].name;
+        .await?;
     let Outcome::Style { mu, logvar, latent } = outcome else {
         return Err(ApiError::Internal("encoding returned no style".into()));
     };
     let mut response =
         Json(json!({"model": model, "seed": seed, "mu": mu, "logvar": logvar, "latent": latent}))
             .into_response();
-    add_headers(&mut response, model, seed, &meta);
+    add_headers(&mut response, &model, seed, &meta);
     Ok(response)
 }
 
@@ -192,10 +178,28 @@ async fn require_api_key(State(app): State<Arc<AppState>>, req: Request, next: N
 }
 
 impl AppState {
+    /// Resolves the model and seed, validates on a blocking thread, and runs the task.
+    /// Returns the model's name and the seed used with the result.
+    async fn run(
+        self: &Arc<Self>,
+        (model, seed): (Option<String>, Option<u64>),
+        validate: impl FnOnce(&ModelInfo, u64, &DecodeLimits) -> Result<Task, ApiError> + Send + 'static,
+    ) -> Result<(String, u64, Done), ApiError> {
+        let (index, info) = models::resolve(&self.models, model.as_deref())?;
+        let name = info.name.clone();
+        let seed = seed.unwrap_or_else(rand_seed);
+        let app = self.clone();
+        let task =
+            tokio::task::spawn_blocking(move || validate(&app.models[index], seed, &app.limits))
+                .await
+                .map_err(|e| ApiError::Internal(format!("validation failed: {e}")))??;
+        Ok((name, seed, self.submit(index, task).await?))
+    }
+
     /// Queues a task and waits for its result. A request whose work has not started by
     /// the deadline is taken out of the queue and answered 504; a dropped request (client
     /// gone) takes its job out of the queue.
-    pub async fn submit(&self, model: usize, task: Task) -> Result<Done, ApiError> {
+    async fn submit(&self, model: usize, task: Task) -> Result<Done, ApiError> {
         let (reply, rx) = oneshot::channel();
         let now = Instant::now();
         let id = self.next_job.fetch_add(1, Ordering::Relaxed);
@@ -250,14 +254,6 @@ impl Drop for CancelOnDrop<'_> {
                 .inc();
         }
     }
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::Internal(format!("validation failed: {e}")))?
 }
 
 fn add_headers(response: &mut Response, model: &str, seed: u64, meta: &BatchMeta) {

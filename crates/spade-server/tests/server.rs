@@ -233,7 +233,7 @@ async fn overload_timeout_and_cancellation() {
     cfg.max_batch_size = 1;
     cfg.max_batch_delay_ms = 0;
     cfg.max_queue = 2;
-    cfg.request_timeout = 0.5;
+    cfg.request_timeout = 0.25;
     let (server, base) = start(cfg).await;
     let client = Client::new();
     let label = fixture("vae_eval", "label_0.png");
@@ -253,7 +253,7 @@ async fn overload_timeout_and_cancellation() {
         full[0].headers()["content-type"],
         "application/problem+json"
     );
-    // Queued work that could not start within 0.5 s.
+    // Queued work that could not start within 0.25 s.
     assert!(
         statuses.contains(&StatusCode::GATEWAY_TIMEOUT),
         "statuses {statuses:?}"
