@@ -11,6 +11,9 @@ use spade_model::Config;
 pub struct Class {
     pub id: u32,
     pub name: String,
+    /// The dataset's category (COCO-Stuff: thing/stuff; Cityscapes: flat, vehicle, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<&'static str>,
     /// `#rrggbb`.
     pub color: String,
     #[serde(skip)]
@@ -103,6 +106,7 @@ impl ClassTable {
                 };
                 Class {
                     id: id as u32,
+                    group: group(&config.dataset_mode, config.label_nc, id),
                     color: format!("#{:02x}{:02x}{:02x}", rgb[0], rgb[1], rgb[2]),
                     name,
                     rgb,
@@ -119,6 +123,30 @@ impl ClassTable {
 
     pub fn id_of_color(&self, rgb: [u8; 3]) -> Option<u32> {
         self.by_color.get(&rgb).copied()
+    }
+}
+
+/// Categories of the official datasets, for grouping the palette.
+fn group(dataset: &str, label_nc: usize, id: usize) -> Option<&'static str> {
+    match (dataset, label_nc) {
+        // COCO-Stuff: ids 0-90 are the COCO "things", 91-181 the "stuff" classes.
+        ("coco", 182) => Some(match id {
+            0..=90 => "things",
+            91..=181 => "stuff",
+            _ => "unlabeled",
+        }),
+        // Cityscapes categories of labels.py.
+        ("cityscapes", 35) => Some(match id {
+            0..=6 => "void",
+            7..=10 => "flat",
+            11..=16 => "construction",
+            17..=20 => "object",
+            21..=22 => "nature",
+            23 => "sky",
+            24..=25 => "human",
+            _ => "vehicle",
+        }),
+        _ => None,
     }
 }
 

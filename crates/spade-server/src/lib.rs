@@ -12,6 +12,7 @@ pub mod error;
 pub mod job;
 pub mod metrics;
 pub mod models;
+pub mod page;
 pub mod queue;
 pub mod request;
 pub mod routes;

@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -19,7 +19,7 @@ use crate::app::AppState;
 use crate::error::ApiError;
 use crate::job::{BatchMeta, Done, Job, Outcome, Task};
 use crate::models::{self, ModelInfo};
-use crate::{request, validate};
+use crate::{page, request, validate};
 use spade_model::preprocess::DecodeLimits;
 
 /// The served OpenAPI document (the repository's top-level `openapi.yaml`).
@@ -39,6 +39,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
+        .route("/", get(|| async { page::asset("index.html") }))
+        .route(
+            "/static/{file}",
+            get(|Path(file): Path<String>| async move { page::asset(&file) }),
+        )
         .route(
             "/openapi.yaml",
             get(|| async { ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI) }),
