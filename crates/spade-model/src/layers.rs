@@ -9,19 +9,26 @@ use candle_nn::VarBuilder;
 
 use crate::config::NormKind;
 use crate::error::Result;
+use std::sync::Arc;
+
+use crate::kernels::{Im2colConv, PlaneNorm, SegmapConv};
 
 /// Epsilon of PyTorch's BatchNorm2d and InstanceNorm2d.
 const NORM_EPS: f64 = 1e-5;
 /// Epsilon of `torch.nn.utils.spectral_norm`.
 const SPECTRAL_EPS: f64 = 1e-12;
 
-/// A 2-D convolution with square kernel, zero padding and optional bias.
+/// A 2-D convolution with square kernel, zero padding and optional bias. On the CPU it
+/// runs as im2col + GEMM ([`Im2colConv`]); elsewhere through candle's conv2d.
 #[derive(Debug, Clone)]
-pub struct Conv2d {
-    weight: Tensor,
-    bias: Option<Tensor>,
-    stride: usize,
-    padding: usize,
+pub enum Conv2d {
+    Cpu(Im2colConv),
+    Candle {
+        weight: Tensor,
+        bias: Option<Tensor>,
+        stride: usize,
+        padding: usize,
+    },
 }
 
 /// Shape of a convolution as the official module declares it.
@@ -54,37 +61,148 @@ impl ConvSpec {
 
 impl Conv2d {
     pub fn new(spec: ConvSpec, vb: VarBuilder) -> Result<Self> {
-        let shape = (
-            spec.out_channels,
-            spec.in_channels,
-            spec.kernel,
-            spec.kernel,
-        );
-        let weight = if spec.spectral {
-            spectral_normalized(&vb, shape)?
+        let (weight, bias) = conv_weights(spec, &vb)?;
+        Self::from_weights(weight, bias, spec.stride, spec.padding)
+    }
+
+    /// A convolution with given (already spectrally normalised) weights.
+    pub fn from_weights(
+        weight: Tensor,
+        bias: Option<Tensor>,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self> {
+        if weight.device().is_cpu() && weight.dtype() == DType::F32 {
+            Ok(Conv2d::Cpu(Im2colConv::new(
+                &weight,
+                bias.as_ref(),
+                stride,
+                padding,
+            )?))
         } else {
-            vb.get(shape, "weight")?
+            Ok(Conv2d::Candle {
+                weight,
+                bias,
+                stride,
+                padding,
+            })
+        }
+    }
+}
+
+/// The weight (spectral norm folded in) and bias of a convolution.
+fn conv_weights(spec: ConvSpec, vb: &VarBuilder) -> Result<(Tensor, Option<Tensor>)> {
+    let shape = (
+        spec.out_channels,
+        spec.in_channels,
+        spec.kernel,
+        spec.kernel,
+    );
+    let weight = if spec.spectral {
+        spectral_normalized(vb, shape)?
+    } else {
+        vb.get(shape, "weight")?
+    };
+    let bias = if spec.bias {
+        Some(vb.get(spec.out_channels, "bias")?)
+    } else {
+        None
+    };
+    Ok((weight, bias))
+}
+
+/// Two convolutions over the same input run as one with their output channels stacked
+/// (SPADE's `mlp_gamma` and `mlp_beta`): one im2col instead of two.
+#[derive(Debug, Clone)]
+pub struct StackedConv2d {
+    conv: Conv2d,
+    split: usize,
+}
+
+impl StackedConv2d {
+    pub fn new(first: (ConvSpec, VarBuilder), second: (ConvSpec, VarBuilder)) -> Result<Self> {
+        let (w1, b1) = conv_weights(first.0, &first.1)?;
+        let (w2, b2) = conv_weights(second.0, &second.1)?;
+        let bias = match (b1, b2) {
+            (Some(a), Some(b)) => Some(Tensor::cat(&[a, b], 0)?),
+            _ => None,
         };
-        let bias = if spec.bias {
-            Some(vb.get(spec.out_channels, "bias")?)
-        } else {
-            None
-        };
+        let weight = Tensor::cat(&[w1, w2], 0)?;
         Ok(Self {
-            weight,
-            bias,
-            stride: spec.stride,
-            padding: spec.padding,
+            conv: Conv2d::from_weights(weight, bias, first.0.stride, first.0.padding)?,
+            split: first.0.out_channels,
         })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        let y = self.conv.forward(x)?;
+        let total = y.dim(1)?;
+        Ok((
+            y.narrow(1, 0, self.split)?,
+            y.narrow(1, self.split, total - self.split)?,
+        ))
+    }
+
+    /// Both outputs stacked along the channels (first, then second).
+    pub fn forward_stacked(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.conv.forward(x)
+    }
+}
+
+/// SPADE's `mlp_shared` convolution over the segmentation map: a gather on the CPU
+/// ([`SegmapConv`]), an ordinary convolution elsewhere.
+#[derive(Debug, Clone)]
+pub enum SegConv2d {
+    Cpu(SegmapConv),
+    Dense(Conv2d),
+}
+
+impl SegConv2d {
+    /// `classes`: how many input channels are one-hot labels (the rest is the edge map).
+    pub fn new(spec: ConvSpec, classes: usize, vb: VarBuilder) -> Result<Self> {
+        let (weight, bias) = conv_weights(spec, &vb)?;
+        if weight.device().is_cpu() && weight.dtype() == DType::F32 {
+            Ok(SegConv2d::Cpu(SegmapConv::new(
+                &weight,
+                bias.as_ref(),
+                classes,
+            )?))
+        } else {
+            Ok(SegConv2d::Dense(Conv2d::from_weights(
+                weight,
+                bias,
+                spec.stride,
+                spec.padding,
+            )?))
+        }
+    }
+}
+
+impl Module for SegConv2d {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            SegConv2d::Cpu(op) => x.contiguous()?.apply_op1_no_bwd(op),
+            SegConv2d::Dense(conv) => conv.forward(x),
+        }
     }
 }
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
-        match &self.bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
-            None => Ok(y),
+        match self {
+            Conv2d::Cpu(op) => x.contiguous()?.apply_op1_no_bwd(op),
+            Conv2d::Candle {
+                weight,
+                bias,
+                stride,
+                padding,
+            } => {
+                let y = x.conv2d(weight, *padding, *stride, 1, 1)?;
+                match bias {
+                    Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
+                    None => Ok(y),
+                }
+            }
         }
     }
 }
@@ -154,6 +272,19 @@ impl Norm {
                 })
             }
         }
+    }
+}
+
+impl Norm {
+    /// The same normalisation for the fused CPU modulation kernel.
+    pub fn plane_norm(&self) -> candle_core::Result<PlaneNorm> {
+        Ok(match self {
+            Norm::Instance => PlaneNorm::Instance,
+            Norm::Batch { scale, shift } => PlaneNorm::Batch {
+                scale: Arc::new(scale.flatten_all()?.to_vec1()?),
+                shift: Arc::new(shift.flatten_all()?.to_vec1()?),
+            },
+        })
     }
 }
 

@@ -9,6 +9,7 @@ pub mod config;
 pub mod encoder;
 pub mod error;
 pub mod generator;
+pub mod kernels;
 pub mod layers;
 pub mod model;
 pub mod preprocess;

@@ -6,7 +6,7 @@ use candle_nn::VarBuilder;
 
 use crate::config::Config;
 use crate::error::Result;
-use crate::layers::{leaky_relu, Conv2d, ConvSpec};
+use crate::layers::{Conv2d, ConvSpec};
 use crate::spade::Spade;
 
 #[derive(Debug, Clone)]
@@ -47,15 +47,11 @@ impl SpadeResBlock {
     /// `seg` has the spatial size of `x`.
     pub fn forward(&self, x: &Tensor, seg: &Tensor) -> Result<Tensor> {
         let x_s = match &self.shortcut {
-            Some((norm_s, conv_s)) => conv_s.forward(&norm_s.forward(x, seg)?)?,
+            Some((norm_s, conv_s)) => conv_s.forward(&norm_s.forward(x, seg, false)?)?,
             None => x.clone(),
         };
-        let dx = self
-            .conv_0
-            .forward(&leaky_relu(&self.norm_0.forward(x, seg)?)?)?;
-        let dx = self
-            .conv_1
-            .forward(&leaky_relu(&self.norm_1.forward(&dx, seg)?)?)?;
+        let dx = self.conv_0.forward(&self.norm_0.forward(x, seg, true)?)?;
+        let dx = self.conv_1.forward(&self.norm_1.forward(&dx, seg, true)?)?;
         Ok((x_s + dx)?)
     }
 }

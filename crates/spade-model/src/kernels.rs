@@ -1,0 +1,621 @@
+//! CPU kernels for the convolutions that dominate SPADE, as candle custom ops.
+//!
+//! * [`Im2colConv`]: a convolution as im2col + one GEMM per tile of output rows, written
+//!   straight into the NCHW output. candle's built-in CPU conv2d re-packs its weights on
+//!   every call and copies single-threaded; this runs at the speed of the GEMM.
+//! * [`SegmapConv`]: the `mlp_shared` convolution over a segmentation map. When the input is
+//!   one-hot labels (plus an optional binary edge channel), each output pixel is a sum of
+//!   `k * k` weight rows picked by the neighbours' labels: `semantic_nc` times less work than
+//!   the dense convolution. Other inputs (any float semantics) take the dense path.
+//!
+//! * [`Modulate`]: SPADE's parameter-free normalisation, `(1 + gamma) * x + beta` and the
+//!   leaky ReLU that follows it in one pass over memory instead of six temporaries.
+//!
+//! Every image of a batch is computed alone with the same tiling, so an image's result never
+//! depends on its batch mates.
+
+use std::sync::Arc;
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// Elements of the im2col buffer per tile (16 MiB of f32).
+const TILE_ELEMENTS: usize = 4 << 20;
+
+/// Geometry of a square-kernel convolution.
+#[derive(Debug, Clone, Copy)]
+pub struct ConvShape {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl ConvShape {
+    fn out_size(&self, h: usize, w: usize) -> (usize, usize) {
+        let k = self.kernel;
+        (
+            (h + 2 * self.padding - k) / self.stride + 1,
+            (w + 2 * self.padding - k) / self.stride + 1,
+        )
+    }
+
+    fn patch(&self) -> usize {
+        self.in_channels * self.kernel * self.kernel
+    }
+}
+
+/// A dense convolution by im2col + GEMM.
+#[derive(Debug, Clone)]
+pub struct Im2colConv {
+    shape: ConvShape,
+    /// `out_channels x (in_channels * k * k)`, row-major.
+    weight: Arc<Vec<f32>>,
+    bias: Option<Arc<Vec<f32>>>,
+}
+
+impl Im2colConv {
+    /// `weight`: out x in x k x k; `bias`: out.
+    pub fn new(
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        stride: usize,
+        padding: usize,
+    ) -> candle_core::Result<Self> {
+        let (out_channels, in_channels, kernel, kw) = weight.dims4()?;
+        if kernel != kw {
+            candle_core::bail!("only square kernels, got {kernel}x{kw}");
+        }
+        let flat = |t: &Tensor| -> candle_core::Result<Arc<Vec<f32>>> {
+            Ok(Arc::new(
+                t.to_dtype(candle_core::DType::F32)?
+                    .flatten_all()?
+                    .to_vec1()?,
+            ))
+        };
+        Ok(Self {
+            shape: ConvShape {
+                in_channels,
+                out_channels,
+                kernel,
+                stride,
+                padding,
+            },
+            weight: flat(weight)?,
+            bias: bias.map(flat).transpose()?,
+        })
+    }
+
+    /// Convolves one image (`in x h x w`) into `out` (`out_channels x ho x wo`).
+    fn image(&self, x: &[f32], h: usize, w: usize, out: &mut [f32]) {
+        let s = self.shape;
+        let (ho, wo) = s.out_size(h, w);
+        let patch = s.patch();
+        let rows_per_tile = (TILE_ELEMENTS / (patch * wo)).clamp(1, ho);
+        let mut cols = vec![0f32; patch * rows_per_tile * wo];
+        if let Some(bias) = &self.bias {
+            for (o, plane) in out.chunks_exact_mut(ho * wo).enumerate() {
+                plane.fill(bias[o]);
+            }
+        }
+        for y0 in (0..ho).step_by(rows_per_tile) {
+            let rows = rows_per_tile.min(ho - y0);
+            let pixels = rows * wo;
+            let cols = &mut cols[..patch * pixels];
+            im2col(x, h, w, &s, y0, rows, wo, cols);
+            // out[:, y0.., :] (+)= weight (out x patch) * cols (patch x pixels)
+            unsafe {
+                gemm::gemm(
+                    s.out_channels,
+                    pixels,
+                    patch,
+                    out.as_mut_ptr().add(y0 * wo),
+                    1,
+                    (ho * wo) as isize,
+                    self.bias.is_some(),
+                    self.weight.as_ptr(),
+                    1,
+                    patch as isize,
+                    cols.as_ptr(),
+                    1,
+                    pixels as isize,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    Parallelism::Rayon(rayon::current_num_threads()),
+                );
+            }
+        }
+    }
+
+    fn run(&self, x: &[f32], n: usize, h: usize, w: usize) -> (Vec<f32>, Shape) {
+        let s = self.shape;
+        let (ho, wo) = s.out_size(h, w);
+        let mut out = vec![0f32; n * s.out_channels * ho * wo];
+        for (img, dst) in x
+            .chunks_exact(s.in_channels * h * w)
+            .zip(out.chunks_exact_mut(s.out_channels * ho * wo))
+        {
+            self.image(img, h, w, dst);
+        }
+        (out, Shape::from((n, s.out_channels, ho, wo)))
+    }
+}
+
+/// Fills `cols` (`patch x (rows * wo)`) with the input patches of output rows `y0..y0+rows`.
+#[allow(clippy::too_many_arguments)]
+fn im2col(
+    x: &[f32],
+    h: usize,
+    w: usize,
+    s: &ConvShape,
+    y0: usize,
+    rows: usize,
+    wo: usize,
+    cols: &mut [f32],
+) {
+    let k = s.kernel;
+    let pixels = rows * wo;
+    cols.par_chunks_mut(k * k * pixels)
+        .enumerate()
+        .for_each(|(c, channel_cols)| {
+            let plane = &x[c * h * w..(c + 1) * h * w];
+            for ky in 0..k {
+                for kx in 0..k {
+                    let row = &mut channel_cols[(ky * k + kx) * pixels..(ky * k + kx + 1) * pixels];
+                    for r in 0..rows {
+                        let dst = &mut row[r * wo..(r + 1) * wo];
+                        let iy = ((y0 + r) * s.stride + ky) as isize - s.padding as isize;
+                        if iy < 0 || iy >= h as isize {
+                            dst.fill(0.0);
+                            continue;
+                        }
+                        let src = &plane[iy as usize * w..(iy as usize + 1) * w];
+                        for (ox, v) in dst.iter_mut().enumerate() {
+                            let ix = (ox * s.stride + kx) as isize - s.padding as isize;
+                            *v = if ix >= 0 && ix < w as isize {
+                                src[ix as usize]
+                            } else {
+                                0.0
+                            };
+                        }
+                    }
+                }
+            }
+        });
+}
+
+/// The input of a custom op as a contiguous f32 slice with its NCHW dims.
+fn nchw<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+) -> candle_core::Result<(&'a [f32], [usize; 4])> {
+    let data = match storage {
+        CpuStorage::F32(data) => data.as_slice(),
+        _ => candle_core::bail!("the CPU convolution kernels take f32"),
+    };
+    let (start, end) = layout.contiguous_offsets().ok_or_else(|| {
+        candle_core::Error::Msg("the CPU convolution kernels take contiguous input".into())
+    })?;
+    let [n, c, h, w] = *layout.dims() else {
+        candle_core::bail!("expected an NCHW tensor, got {:?}", layout.dims());
+    };
+    Ok((&data[start..end], [n, c, h, w]))
+}
+
+impl CustomOp1 for Im2colConv {
+    fn name(&self) -> &'static str {
+        "im2col-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, [n, c, h, w]) = nchw(storage, layout)?;
+        if c != self.shape.in_channels {
+            candle_core::bail!(
+                "conv expects {} input channels, got {c}",
+                self.shape.in_channels
+            );
+        }
+        let (out, shape) = self.run(x, n, h, w);
+        Ok((CpuStorage::F32(out), shape))
+    }
+}
+
+/// `mlp_shared`: gathers weight rows by label where the input is one-hot, else convolves.
+#[derive(Debug, Clone)]
+pub struct SegmapConv {
+    dense: Im2colConv,
+    /// `[label][ky][kx][out]`: the weight column of each input channel, per tap.
+    table: Arc<Vec<f32>>,
+    /// Channels that are one-hot labels (the rest, at most one, is the edge channel).
+    classes: usize,
+}
+
+impl SegmapConv {
+    /// `classes`: the one-hot channels; a remaining last channel is the binary edge map.
+    pub fn new(
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        classes: usize,
+    ) -> candle_core::Result<Self> {
+        let (_, _, k, _) = weight.dims4()?;
+        let dense = Im2colConv::new(weight, bias, 1, k / 2)?;
+        let s = dense.shape;
+        if classes > s.in_channels || s.in_channels - classes > 1 {
+            candle_core::bail!(
+                "{classes} label channels do not fit {} input channels",
+                s.in_channels
+            );
+        }
+        let mut table = vec![0f32; s.in_channels * k * k * s.out_channels];
+        for o in 0..s.out_channels {
+            for c in 0..s.in_channels {
+                for t in 0..k * k {
+                    table[(c * k * k + t) * s.out_channels + o] =
+                        dense.weight[o * s.patch() + c * k * k + t];
+                }
+            }
+        }
+        Ok(Self {
+            dense,
+            table: Arc::new(table),
+            classes,
+        })
+    }
+
+    /// Per pixel: its label, or `None` if the pixel is not exactly one-hot; and its edge bit.
+    fn decode(&self, x: &[f32], plane: usize) -> Option<(Vec<u32>, Vec<bool>)> {
+        let mut labels = vec![u32::MAX; plane];
+        for c in 0..self.classes {
+            for (p, &v) in x[c * plane..(c + 1) * plane].iter().enumerate() {
+                if v == 1.0 {
+                    if labels[p] != u32::MAX {
+                        return None;
+                    }
+                    labels[p] = c as u32;
+                } else if v != 0.0 {
+                    return None;
+                }
+            }
+        }
+        if labels.contains(&u32::MAX) {
+            return None;
+        }
+        let edges = if self.classes < self.dense.shape.in_channels {
+            let edge = &x[self.classes * plane..(self.classes + 1) * plane];
+            if edge.iter().any(|&v| v != 0.0 && v != 1.0) {
+                return None;
+            }
+            edge.iter().map(|&v| v == 1.0).collect()
+        } else {
+            vec![false; plane]
+        };
+        Some((labels, edges))
+    }
+
+    fn gather(&self, labels: &[u32], edges: &[bool], h: usize, w: usize, out: &mut [f32]) {
+        let s = self.dense.shape;
+        let (k, pad, co) = (s.kernel, s.padding as isize, s.out_channels);
+        let edge_channel = self.classes;
+        // Pixel-major rows, then one transpose into the NCHW output.
+        let mut rows = vec![0f32; h * w * co];
+        rows.par_chunks_mut(w * co)
+            .enumerate()
+            .for_each(|(y, line)| {
+                for x in 0..w {
+                    let acc = &mut line[x * co..(x + 1) * co];
+                    if let Some(bias) = &self.dense.bias {
+                        acc.copy_from_slice(bias);
+                    }
+                    for ky in 0..k {
+                        let iy = y as isize + ky as isize - pad;
+                        if iy < 0 || iy >= h as isize {
+                            continue;
+                        }
+                        for kx in 0..k {
+                            let ix = x as isize + kx as isize - pad;
+                            if ix < 0 || ix >= w as isize {
+                                continue;
+                            }
+                            let q = iy as usize * w + ix as usize;
+                            let tap = ky * k + kx;
+                            let add = |channel: usize, acc: &mut [f32]| {
+                                let row = &self.table[(channel * k * k + tap) * co
+                                    ..(channel * k * k + tap + 1) * co];
+                                acc.iter_mut().zip(row).for_each(|(a, r)| *a += r);
+                            };
+                            add(labels[q] as usize, acc);
+                            if edges[q] {
+                                add(edge_channel, acc);
+                            }
+                        }
+                    }
+                }
+            });
+        out.par_chunks_mut(h * w)
+            .enumerate()
+            .for_each(|(o, plane)| {
+                for (p, v) in plane.iter_mut().enumerate() {
+                    *v = rows[p * co + o];
+                }
+            });
+    }
+}
+
+impl CustomOp1 for SegmapConv {
+    fn name(&self) -> &'static str {
+        "segmap-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, [n, c, h, w]) = nchw(storage, layout)?;
+        let s = self.dense.shape;
+        if c != s.in_channels {
+            candle_core::bail!(
+                "mlp_shared expects {} input channels, got {c}",
+                s.in_channels
+            );
+        }
+        let plane = h * w;
+        let decoded: Option<Vec<_>> = x
+            .chunks_exact(c * plane)
+            .map(|img| self.decode(img, plane))
+            .collect();
+        let Some(decoded) = decoded else {
+            let (out, shape) = self.dense.run(x, n, h, w);
+            return Ok((CpuStorage::F32(out), shape));
+        };
+        let mut out = vec![0f32; n * s.out_channels * plane];
+        for ((labels, edges), dst) in decoded
+            .iter()
+            .zip(out.chunks_exact_mut(s.out_channels * plane))
+        {
+            self.gather(labels, edges, h, w, dst);
+        }
+        Ok((CpuStorage::F32(out), Shape::from((n, s.out_channels, h, w))))
+    }
+}
+
+/// The parameter-free normalisation inside SPADE.
+#[derive(Debug, Clone)]
+pub enum PlaneNorm {
+    /// Per image and channel, biased variance, eps 1e-5.
+    Instance,
+    /// Eval-mode batch norm folded to `x * scale + shift` per channel.
+    Batch {
+        scale: Arc<Vec<f32>>,
+        shift: Arc<Vec<f32>>,
+    },
+}
+
+/// `norm(x) * (1 + gamma) + beta`, then optionally `leaky_relu(0.2)`; `gamma` and `beta`
+/// are the two channel halves of the second input (the stacked `mlp_gamma`/`mlp_beta`).
+#[derive(Debug, Clone)]
+pub struct Modulate {
+    pub norm: PlaneNorm,
+    pub leaky_relu: bool,
+}
+
+impl Modulate {
+    fn plane(&self, x: &[f32], gamma: &[f32], beta: &[f32], channel: usize, out: &mut [f32]) {
+        let (scale, shift) = match &self.norm {
+            PlaneNorm::Batch { scale, shift } => (scale[channel], shift[channel]),
+            PlaneNorm::Instance => {
+                let n = x.len() as f64;
+                let mean = x.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+                let var = x
+                    .iter()
+                    .map(|&v| (f64::from(v) - mean).powi(2))
+                    .sum::<f64>()
+                    / n;
+                let inv = 1.0 / (var + 1e-5).sqrt();
+                (inv as f32, (-mean * inv) as f32)
+            }
+        };
+        for (((o, &v), &g), &b) in out.iter_mut().zip(x).zip(gamma).zip(beta) {
+            let y = (v * scale + shift) * (1.0 + g) + b;
+            *o = if self.leaky_relu && y < 0.0 {
+                0.2 * y
+            } else {
+                y
+            };
+        }
+    }
+}
+
+impl candle_core::CustomOp2 for Modulate {
+    fn name(&self) -> &'static str {
+        "spade-modulate"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, [n, c, h, w]) = nchw(s1, l1)?;
+        let (gb, dims) = nchw(s2, l2)?;
+        if dims != [n, 2 * c, h, w] {
+            candle_core::bail!(
+                "modulation needs gamma/beta of shape {:?}, got {dims:?}",
+                [n, 2 * c, h, w]
+            );
+        }
+        let plane = h * w;
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(plane).enumerate().for_each(|(i, dst)| {
+            let (img, ch) = (i / c, i % c);
+            let gamma = &gb[(img * 2 * c + ch) * plane..][..plane];
+            let beta = &gb[(img * 2 * c + c + ch) * plane..][..plane];
+            self.plane(&x[i * plane..(i + 1) * plane], gamma, beta, ch, dst);
+        });
+        Ok((CpuStorage::F32(out), Shape::from((n, c, h, w))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, D};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(D::Minus1)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    #[test]
+    fn im2col_conv_matches_candle_conv2d() {
+        let dev = Device::Cpu;
+        for (cin, cout, k, stride, pad, h, w) in [
+            (3, 5, 3, 1, 1, 9, 7),
+            (4, 6, 3, 2, 1, 16, 11),
+            (2, 3, 5, 1, 2, 6, 6),
+            (7, 2, 1, 1, 0, 5, 4),
+        ] {
+            let x = Tensor::randn(0f32, 1., (2, cin, h, w), &dev).unwrap();
+            let wt = Tensor::randn(0f32, 1., (cout, cin, k, k), &dev).unwrap();
+            let b = Tensor::randn(0f32, 1., cout, &dev).unwrap();
+            let expected = x
+                .conv2d(&wt, pad, stride, 1, 1)
+                .unwrap()
+                .broadcast_add(&b.reshape((1, cout, 1, 1)).unwrap())
+                .unwrap();
+            let op = Im2colConv::new(&wt, Some(&b), stride, pad).unwrap();
+            let ours = x.apply_op1_no_bwd(&op).unwrap();
+            assert_eq!(ours.dims(), expected.dims());
+            assert!(
+                max_diff(&ours, &expected) < 1e-4,
+                "{cin} {cout} {k} {stride}"
+            );
+            let no_bias = Im2colConv::new(&wt, None, stride, pad).unwrap();
+            let plain = x.conv2d(&wt, pad, stride, 1, 1).unwrap();
+            assert!(max_diff(&x.apply_op1_no_bwd(&no_bias).unwrap(), &plain) < 1e-4);
+        }
+    }
+
+    #[test]
+    fn tiling_over_rows_gives_the_same_result() {
+        // 40 input channels x 9 taps x 1500 pixels per row forces one row per tile.
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1., (1, 40, 3, 1500), &dev).unwrap();
+        let wt = Tensor::randn(0f32, 1., (4, 40, 3, 3), &dev).unwrap();
+        let op = Im2colConv::new(&wt, None, 1, 1).unwrap();
+        assert!(op.shape.patch() * 1500 * 3 > TILE_ELEMENTS / 8);
+        let expected = x.conv2d(&wt, 1, 1, 1, 1).unwrap();
+        assert!(max_diff(&x.apply_op1_no_bwd(&op).unwrap(), &expected) < 1e-3);
+    }
+
+    #[test]
+    fn modulation_matches_the_composed_ops() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 2., (2, 3, 5, 4), &dev).unwrap();
+        let gb = Tensor::randn(0f32, 1., (2, 6, 5, 4), &dev).unwrap();
+        let (gamma, beta) = (gb.narrow(1, 0, 3).unwrap(), gb.narrow(1, 3, 3).unwrap());
+        let mean = x
+            .mean_keepdim(D::Minus1)
+            .unwrap()
+            .mean_keepdim(D::Minus2)
+            .unwrap();
+        let centered = x.broadcast_sub(&mean).unwrap();
+        let var = centered
+            .sqr()
+            .unwrap()
+            .mean_keepdim(D::Minus1)
+            .unwrap()
+            .mean_keepdim(D::Minus2)
+            .unwrap();
+        let normalized = centered
+            .broadcast_div(&(var + 1e-5).unwrap().sqrt().unwrap())
+            .unwrap();
+        let expected = ((normalized * (gamma + 1.0).unwrap()).unwrap() + beta).unwrap();
+        let op = Modulate {
+            norm: PlaneNorm::Instance,
+            leaky_relu: false,
+        };
+        assert!(max_diff(&x.apply_op2_no_bwd(&gb, &op).unwrap(), &expected) < 1e-5);
+        let leaky = Modulate {
+            norm: PlaneNorm::Instance,
+            leaky_relu: true,
+        };
+        let expected = candle_nn::ops::leaky_relu(&expected, 0.2).unwrap();
+        assert!(max_diff(&x.apply_op2_no_bwd(&gb, &leaky).unwrap(), &expected) < 1e-5);
+    }
+
+    fn one_hot(labels: &[u32], edges: &[f32], classes: usize, h: usize, w: usize) -> Tensor {
+        let plane = h * w;
+        let mut data = vec![0f32; (classes + 1) * plane];
+        for (p, &l) in labels.iter().enumerate() {
+            data[l as usize * plane + p] = 1.0;
+        }
+        data[classes * plane..].copy_from_slice(edges);
+        Tensor::from_vec(data, (1, classes + 1, h, w), &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn gather_matches_the_dense_convolution_on_one_hot_maps() {
+        let dev = Device::Cpu;
+        let (classes, h, w) = (6, 7, 9);
+        let labels: Vec<u32> = (0..h * w)
+            .map(|p| ((p * 7 + p / 5) % classes) as u32)
+            .collect();
+        let edges: Vec<f32> = (0..h * w).map(|p| (p % 3 == 0) as u8 as f32).collect();
+        let x = one_hot(&labels, &edges, classes, h, w);
+        for k in [3, 5] {
+            let wt = Tensor::randn(0f32, 1., (8, classes + 1, k, k), &dev).unwrap();
+            let b = Tensor::randn(0f32, 1., 8, &dev).unwrap();
+            let expected = x
+                .conv2d(&wt, k / 2, 1, 1, 1)
+                .unwrap()
+                .broadcast_add(&b.reshape((1, 8, 1, 1)).unwrap())
+                .unwrap();
+            let op = SegmapConv::new(&wt, Some(&b), classes).unwrap();
+            let plane = h * w;
+            let data = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert!(
+                op.decode(&data, plane).is_some(),
+                "one-hot input takes the gather path"
+            );
+            assert!(max_diff(&x.apply_op1_no_bwd(&op).unwrap(), &expected) < 1e-4);
+        }
+    }
+
+    #[test]
+    fn non_one_hot_input_takes_the_dense_path() {
+        let dev = Device::Cpu;
+        let x = Tensor::rand(0f32, 1., (2, 5, 6, 6), &dev).unwrap();
+        let wt = Tensor::randn(0f32, 1., (3, 5, 3, 3), &dev).unwrap();
+        let op = SegmapConv::new(&wt, None, 4).unwrap();
+        let data = x
+            .narrow(0, 0, 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert!(op.decode(&data, 36).is_none());
+        let expected = x.conv2d(&wt, 1, 1, 1, 1).unwrap();
+        assert!(max_diff(&x.apply_op1_no_bwd(&op).unwrap(), &expected) < 1e-4);
+    }
+}
