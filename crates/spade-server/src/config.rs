@@ -163,3 +163,62 @@ impl ServerConfig {
         Duration::from_millis(self.max_batch_delay_ms)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> ServerConfig {
+        ServerConfig::parse_from(std::iter::once("spade-server").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn model_specs_are_checked() {
+        let ok = parse(&[
+            "--model",
+            "coco=/m/coco",
+            "--model",
+            "ade=/m/ade.safetensors",
+        ]);
+        let specs = ok.model_specs().unwrap();
+        assert_eq!(
+            (specs[0].name.as_str(), specs[1].name.as_str()),
+            ("coco", "ade")
+        );
+        for (bad, why) in [
+            (vec!["--model", "/m/coco"], "NAME=PATH"),
+            (vec!["--model", "co co=/m"], "letters"),
+            (vec!["--model", "a=/x", "--model", "a=/y"], "twice"),
+        ] {
+            let err = parse(&bad).model_specs().unwrap_err().to_string();
+            assert!(err.contains(why), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn api_keys_come_from_flags_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("keys");
+        std::fs::write(&file, "# team keys\nalpha\n\n  beta  \n").unwrap();
+        let config = parse(&[
+            "--api-key",
+            "gamma",
+            "--api-key-file",
+            file.to_str().unwrap(),
+        ]);
+        assert_eq!(config.all_api_keys().unwrap(), ["gamma", "alpha", "beta"]);
+        let missing = parse(&["--api-key-file", "/nonexistent/keys"]);
+        assert!(missing
+            .all_api_keys()
+            .unwrap_err()
+            .to_string()
+            .contains("/nonexistent/keys"));
+    }
+
+    #[test]
+    fn zero_sizes_are_refused() {
+        assert!(parse(&["--max-batch-size", "0"]).validate().is_err());
+        assert!(parse(&["--request-timeout", "0"]).validate().is_err());
+        assert!(parse(&[]).validate().is_ok());
+    }
+}
