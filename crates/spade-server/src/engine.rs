@@ -107,7 +107,7 @@ fn synthesize(model: &SpadeModel, tasks: &[SynthesizeTask]) -> Result<Vec<Outcom
                 None => rgb,
             };
             Ok(Outcome::Image {
-                bytes: encode_image(&rgb, task.output.format)?,
+                bytes: encode_image(rgb, task.output.format)?,
                 format: task.output.format,
             })
         })
@@ -154,8 +154,8 @@ fn encode_style(model: &SpadeModel, tasks: &[EncodeTask]) -> Result<Vec<Outcome>
         .collect()
 }
 
-fn encode_image(rgb: &Raster<u8>, format: ImageFormat) -> Result<Vec<u8>, ApiError> {
-    let image = image::RgbImage::from_raw(rgb.width as u32, rgb.height as u32, rgb.data.clone())
+fn encode_image(rgb: Raster<u8>, format: ImageFormat) -> Result<Vec<u8>, ApiError> {
+    let image = image::RgbImage::from_raw(rgb.width as u32, rgb.height as u32, rgb.data)
         .ok_or_else(|| ApiError::Internal("raster size mismatch".into()))?;
     let mut out = Cursor::new(Vec::new());
     let result = match format {

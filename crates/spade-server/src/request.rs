@@ -59,7 +59,9 @@ struct Parts {
 
 pub fn parse_query(query: Option<&str>) -> Result<Options, ApiError> {
     let query = query.unwrap_or("");
-    let pairs: Vec<(String, String)> = url_pairs(query)?;
+    let pairs = form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
     options_from_pairs(pairs)
 }
 
@@ -241,41 +243,6 @@ fn options_from_pairs(pairs: Vec<(String, String)>) -> Result<Options, ApiError>
     }
     serde_json::from_value(serde_json::Value::Object(map))
         .map_err(|e| ApiError::BadRequest(format!("invalid option: {e}")))
-}
-
-fn url_pairs(query: &str) -> Result<Vec<(String, String)>, ApiError> {
-    query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            Ok((percent_decode(k)?, percent_decode(v)?))
-        })
-        .collect()
-}
-
-fn percent_decode(s: &str) -> Result<String, ApiError> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or_else(|| {
-                        ApiError::BadRequest(format!("bad percent-encoding in `{s}`"))
-                    })?;
-                out.push(hex);
-                i += 2;
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).map_err(|_| ApiError::BadRequest(format!("`{s}` is not UTF-8")))
 }
 
 /// `latent` as a JSON array, or a comma-separated list in a query or form field.
