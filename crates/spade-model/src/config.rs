@@ -27,7 +27,7 @@ pub struct Config {
     #[serde(rename = "norm_G")]
     pub norm_g: GeneratorNorm,
     #[serde(rename = "norm_E")]
-    pub norm_e: EncoderNorm,
+    pub norm_e: ConvNorm,
     pub preprocess_mode: PreprocessMode,
     pub dataset_mode: String,
     /// Derived from the fields above; when given it must agree with them.
@@ -444,17 +444,18 @@ impl FromStr for GeneratorNorm {
     }
 }
 
-/// `norm_E`, e.g. `spectralinstance`: spectral norm on the encoder convs and the norm after them.
+/// `norm_E` / `norm_D`, e.g. `spectralinstance`: spectral norm on the plain convs of the
+/// encoder or discriminator and the norm after them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct EncoderNorm {
+pub struct ConvNorm {
     text: String,
     pub spectral: bool,
     /// `None` for `spectral` / `spectralnone`: the convs keep their bias.
     pub norm: Option<NormKind>,
 }
 
-impl FromStr for EncoderNorm {
+impl FromStr for ConvNorm {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         let (spectral, sub) = match s.strip_prefix("spectral") {
@@ -496,7 +497,7 @@ macro_rules! text_conversions {
     )+};
 }
 
-text_conversions!(GeneratorNorm, EncoderNorm);
+text_conversions!(GeneratorNorm, ConvNorm);
 
 #[cfg(test)]
 mod tests {
@@ -521,10 +522,10 @@ mod tests {
         assert!("spectralspadegroup3x3".parse::<GeneratorNorm>().is_err());
         assert!("spectralinstance".parse::<GeneratorNorm>().is_err());
         assert!("spadebatch3x5".parse::<GeneratorNorm>().is_err());
-        let e: EncoderNorm = "spectralinstance".parse().unwrap();
+        let e: ConvNorm = "spectralinstance".parse().unwrap();
         assert_eq!((e.spectral, e.norm), (true, Some(NormKind::Instance)));
-        assert_eq!("spectral".parse::<EncoderNorm>().unwrap().norm, None);
-        assert!("spectralgroup".parse::<EncoderNorm>().is_err());
+        assert_eq!("spectral".parse::<ConvNorm>().unwrap().norm, None);
+        assert!("spectralgroup".parse::<ConvNorm>().is_err());
     }
 
     #[test]

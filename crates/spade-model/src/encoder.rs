@@ -6,7 +6,7 @@ use candle_nn::VarBuilder;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::layers::{leaky_relu, resize_bilinear, Conv2d, ConvSpec, Linear, Norm};
+use crate::layers::{leaky_relu, resize_bilinear, Conv2d, ConvSpec, Linear, Mode, Norm};
 
 /// The encoder always sees 256 x 256 photos; the official code resizes other sizes.
 const INPUT_SIZE: usize = 256;
@@ -21,7 +21,12 @@ pub struct Encoder {
 }
 
 impl Encoder {
+    /// The encoder for inference (PyTorch's `.eval()`).
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        Self::with_mode(cfg, Mode::Eval, vb)
+    }
+
+    pub fn with_mode(cfg: &Config, mode: Mode, vb: VarBuilder) -> Result<Self> {
         if cfg.crop_size < INPUT_SIZE {
             return Err(Error::config(
                 "crop_size",
@@ -42,7 +47,7 @@ impl Encoder {
             let (conv_vb, norm) = match norm {
                 Some(kind) => (
                     vb.pp("0"),
-                    Some(Norm::new(kind, pair[1], true, vb.pp("1"))?),
+                    Some(Norm::new(kind, pair[1], true, mode, vb.pp("1"))?),
                 ),
                 None => (vb, None),
             };
@@ -55,7 +60,7 @@ impl Encoder {
                 bias: norm.is_none(),
                 spectral: cfg.norm_e.spectral,
             };
-            layers.push((Conv2d::new(spec, conv_vb)?, norm));
+            layers.push((Conv2d::new(spec, mode, conv_vb)?, norm));
         }
         let flat = 8 * ndf * 4 * 4;
         Ok(Self {

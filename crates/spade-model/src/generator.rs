@@ -6,7 +6,7 @@ use candle_nn::VarBuilder;
 
 use crate::config::{Config, Upsampling};
 use crate::error::{Error, Result};
-use crate::layers::{leaky_relu, resize_nearest, upsample2x, Conv2d, ConvSpec, Linear};
+use crate::layers::{leaky_relu, resize_nearest, upsample2x, Conv2d, ConvSpec, Linear, Mode};
 use crate::resblock::SpadeResBlock;
 
 /// Where the first feature map comes from.
@@ -28,7 +28,12 @@ pub struct Generator {
 }
 
 impl Generator {
+    /// The generator for inference (PyTorch's `.eval()`).
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        Self::with_mode(cfg, Mode::Eval, vb)
+    }
+
+    pub fn with_mode(cfg: &Config, mode: Mode, vb: VarBuilder) -> Result<Self> {
         let nf = cfg.ngf;
         let (sw, sh) = cfg.latent_size();
         let fc = if cfg.use_vae {
@@ -36,6 +41,7 @@ impl Generator {
         } else {
             Head::Segmap(Conv2d::new(
                 ConvSpec::same(cfg.semantic_nc(), 16 * nf, 3),
+                mode,
                 vb.pp("fc"),
             )?)
         };
@@ -57,14 +63,18 @@ impl Generator {
         let blocks = layout
             .into_iter()
             .map(|(name, fin, fout, up)| {
-                Ok((name, SpadeResBlock::new(cfg, fin, fout, vb.pp(name))?, up))
+                Ok((
+                    name,
+                    SpadeResBlock::new(cfg, fin, fout, mode, vb.pp(name))?,
+                    up,
+                ))
             })
             .collect::<Result<_>>()?;
         Ok(Self {
             cfg: cfg.clone(),
             fc,
             blocks,
-            conv_img: Conv2d::new(ConvSpec::same(final_nc, 3, 3), vb.pp("conv_img"))?,
+            conv_img: Conv2d::new(ConvSpec::same(final_nc, 3, 3), mode, vb.pp("conv_img"))?,
         })
     }
 

@@ -1,10 +1,14 @@
 //! The building blocks the networks are written in: convolution (with spectral norm folded
-//! in at load), parameter-free normalisation and the resizes with PyTorch's exact sampling.
+//! in at load for inference, or one power iteration per call in training), normalisation,
+//! pooling and the resizes with PyTorch's exact sampling.
 //!
 //! The network modules only call what is here, so a faster implementation of any block
-//! (a custom CPU kernel, a fused op) replaces it in this one place.
+//! (a custom CPU kernel, a fused op) replaces it in this one place. Every block exists in the
+//! two modes of a PyTorch module: [`Mode::Eval`] (fixed statistics, fused kernels without
+//! gradients) and [`Mode::Train`] (batch statistics, buffers updated as the official modules
+//! update them, differentiable with respect to the variables of a `VarMap`).
 
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{DType, Device, Module, Tensor, Var, D};
 use candle_nn::VarBuilder;
 
 use crate::config::NormKind;
@@ -17,9 +21,21 @@ use crate::kernels::{Im2colConv, PlaneNorm, SegmapConv};
 const NORM_EPS: f64 = 1e-5;
 /// Epsilon of `torch.nn.utils.spectral_norm`.
 const SPECTRAL_EPS: f64 = 1e-12;
+/// Momentum of PyTorch's batch-norm running statistics.
+const BN_MOMENTUM: f64 = 0.1;
 
-/// A 2-D convolution with square kernel, zero padding and optional bias. On the CPU it
-/// runs as im2col + GEMM ([`Im2colConv`]); elsewhere through candle's conv2d.
+/// Which of PyTorch's module modes a network is built for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `.eval()`: stored statistics, spectral norm folded in once, no gradients.
+    Eval,
+    /// `.train()`: batch statistics and power iterations that update the buffers on every
+    /// call; the parameters must be variables for gradients to reach them.
+    Train,
+}
+
+/// A 2-D convolution with square kernel, zero padding and optional bias. For inference on
+/// the CPU it runs as im2col + GEMM ([`Im2colConv`]); elsewhere through candle's conv2d.
 #[derive(Debug, Clone)]
 pub enum Conv2d {
     Cpu(Im2colConv),
@@ -29,6 +45,7 @@ pub enum Conv2d {
         stride: usize,
         padding: usize,
     },
+    Train(TrainConv2d),
 }
 
 /// Shape of a convolution as the official module declares it.
@@ -60,7 +77,10 @@ impl ConvSpec {
 }
 
 impl Conv2d {
-    pub fn new(spec: ConvSpec, vb: VarBuilder) -> Result<Self> {
+    pub fn new(spec: ConvSpec, mode: Mode, vb: VarBuilder) -> Result<Self> {
+        if mode == Mode::Train {
+            return Ok(Conv2d::Train(TrainConv2d::new(spec, &vb)?));
+        }
         let (weight, bias) = conv_weights(spec, &vb)?;
         Self::from_weights(weight, bias, spec.stride, spec.padding)
     }
@@ -111,16 +131,30 @@ fn conv_weights(spec: ConvSpec, vb: &VarBuilder) -> Result<(Tensor, Option<Tenso
     Ok((weight, bias))
 }
 
-/// Two convolutions over the same input run as one with their output channels stacked
-/// (SPADE's `mlp_gamma` and `mlp_beta`): one im2col instead of two.
+/// Two convolutions over the same input (SPADE's `mlp_gamma` and `mlp_beta`). For inference
+/// they run as one with their output channels stacked: one im2col instead of two.
 #[derive(Debug, Clone)]
-pub struct StackedConv2d {
-    conv: Conv2d,
-    split: usize,
+pub enum StackedConv2d {
+    Stacked {
+        conv: Conv2d,
+        split: usize,
+    },
+    /// Training keeps the two weights apart: each is a variable of its own.
+    Pair(Conv2d, Conv2d),
 }
 
 impl StackedConv2d {
-    pub fn new(first: (ConvSpec, VarBuilder), second: (ConvSpec, VarBuilder)) -> Result<Self> {
+    pub fn new(
+        first: (ConvSpec, VarBuilder),
+        second: (ConvSpec, VarBuilder),
+        mode: Mode,
+    ) -> Result<Self> {
+        if mode == Mode::Train {
+            return Ok(StackedConv2d::Pair(
+                Conv2d::new(first.0, mode, first.1)?,
+                Conv2d::new(second.0, mode, second.1)?,
+            ));
+        }
         let (w1, b1) = conv_weights(first.0, &first.1)?;
         let (w2, b2) = conv_weights(second.0, &second.1)?;
         let bias = match (b1, b2) {
@@ -128,24 +162,32 @@ impl StackedConv2d {
             _ => None,
         };
         let weight = Tensor::cat(&[w1, w2], 0)?;
-        Ok(Self {
+        Ok(StackedConv2d::Stacked {
             conv: Conv2d::from_weights(weight, bias, first.0.stride, first.0.padding)?,
             split: first.0.out_channels,
         })
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
-        let y = self.conv.forward(x)?;
-        let total = y.dim(1)?;
-        Ok((
-            y.narrow(1, 0, self.split)?,
-            y.narrow(1, self.split, total - self.split)?,
-        ))
+        match self {
+            StackedConv2d::Stacked { conv, split } => {
+                let y = conv.forward(x)?;
+                let total = y.dim(1)?;
+                Ok((y.narrow(1, 0, *split)?, y.narrow(1, *split, total - split)?))
+            }
+            StackedConv2d::Pair(first, second) => Ok((first.forward(x)?, second.forward(x)?)),
+        }
     }
 
     /// Both outputs stacked along the channels (first, then second).
     pub fn forward_stacked(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.conv.forward(x)
+        match self {
+            StackedConv2d::Stacked { conv, .. } => conv.forward(x),
+            StackedConv2d::Pair(..) => {
+                let (a, b) = self.forward(x)?;
+                Tensor::cat(&[a, b], 1)
+            }
+        }
     }
 }
 
@@ -159,7 +201,10 @@ pub enum SegConv2d {
 
 impl SegConv2d {
     /// `classes`: how many input channels are one-hot labels (the rest is the edge map).
-    pub fn new(spec: ConvSpec, classes: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn new(spec: ConvSpec, classes: usize, mode: Mode, vb: VarBuilder) -> Result<Self> {
+        if mode == Mode::Train {
+            return Ok(SegConv2d::Dense(Conv2d::new(spec, mode, vb)?));
+        }
         let (weight, bias) = conv_weights(spec, &vb)?;
         if weight.device().is_cpu() && weight.dtype() == DType::F32 {
             Ok(SegConv2d::Cpu(SegmapConv::new(
@@ -196,15 +241,94 @@ impl Module for Conv2d {
                 bias,
                 stride,
                 padding,
-            } => {
-                let y = x.conv2d(weight, *padding, *stride, 1, 1)?;
-                match bias {
-                    Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
-                    None => Ok(y),
-                }
-            }
+            } => conv2d_with_bias(x, weight, bias.as_ref(), *stride, *padding),
+            Conv2d::Train(conv) => conv.forward(x),
         }
     }
+}
+
+fn conv2d_with_bias(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> candle_core::Result<Tensor> {
+    let y = x.conv2d(weight, padding, stride, 1, 1)?;
+    match bias {
+        Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
+        None => Ok(y),
+    }
+}
+
+/// A convolution in training mode. With spectral norm every call runs one power iteration
+/// on the detached weight, writes `u`, `v` back into their buffers and divides the weight by
+/// `sigma = u . (W v)`, through which the gradient flows (`u`, `v` are constants to it).
+#[derive(Debug, Clone)]
+pub struct TrainConv2d {
+    /// `weight`, or `weight_orig` under spectral norm.
+    weight: Tensor,
+    bias: Option<Tensor>,
+    stride: usize,
+    padding: usize,
+    power_iteration: Option<(Var, Var)>,
+}
+
+impl TrainConv2d {
+    fn new(spec: ConvSpec, vb: &VarBuilder) -> Result<Self> {
+        let shape = (
+            spec.out_channels,
+            spec.in_channels,
+            spec.kernel,
+            spec.kernel,
+        );
+        let bias = if spec.bias {
+            Some(vb.get(spec.out_channels, "bias")?)
+        } else {
+            None
+        };
+        let (weight, power_iteration) = if spec.spectral {
+            let u = Var::from_tensor(&vb.get(spec.out_channels, "weight_u")?)?;
+            let v = Var::from_tensor(
+                &vb.get(spec.in_channels * spec.kernel * spec.kernel, "weight_v")?,
+            )?;
+            (vb.get(shape, "weight_orig")?, Some((u, v)))
+        } else {
+            (vb.get(shape, "weight")?, None)
+        };
+        Ok(Self {
+            weight,
+            bias,
+            stride: spec.stride,
+            padding: spec.padding,
+            power_iteration,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let weight = match &self.power_iteration {
+            None => self.weight.clone(),
+            Some((u_buf, v_buf)) => {
+                let out_c = self.weight.dim(0)?;
+                let w = self.weight.reshape((out_c, ()))?;
+                let fixed = w.detach();
+                let column = |t: &Tensor| t.unsqueeze(1);
+                let v = l2_normalize(&fixed.t()?.matmul(&column(&u_buf.as_tensor().detach())?)?)?;
+                let u = l2_normalize(&fixed.matmul(&v)?)?;
+                u_buf.set(&u.squeeze(1)?)?;
+                v_buf.set(&v.squeeze(1)?)?;
+                let sigma = (u * w.matmul(&v)?)?.sum_all()?;
+                self.weight.broadcast_div(&sigma)?
+            }
+        };
+        conv2d_with_bias(x, &weight, self.bias.as_ref(), self.stride, self.padding)
+    }
+}
+
+/// `x / max(||x||, 1e-12)`, PyTorch's `F.normalize` of a vector.
+fn l2_normalize(x: &Tensor) -> candle_core::Result<Tensor> {
+    let norm = x.sqr()?.sum_all()?.sqrt()?.maximum(SPECTRAL_EPS)?;
+    x.broadcast_div(&norm)
 }
 
 /// The weight PyTorch's spectral norm uses in eval mode: `weight_orig / σ` with
@@ -241,20 +365,58 @@ impl Module for Linear {
     }
 }
 
-/// Parameter-free normalisation: instance statistics, or batch-norm running statistics
-/// (eval mode), with an optional affine part (`BatchNorm2d(affine=True)` in the encoder).
+/// Normalisation without learned parameters in the official sense of SPADE: instance
+/// statistics, or batch norm with an optional affine part (`BatchNorm2d(affine=True)` in the
+/// encoder). Eval-mode batch norm is folded into a per-channel scale and shift.
 #[derive(Debug, Clone)]
 pub enum Norm {
     Instance,
     Batch { scale: Tensor, shift: Tensor },
+    BatchTrain(BatchStatistics),
+}
+
+/// Train-mode batch norm: normalises with the batch mean and biased variance, and moves the
+/// running statistics towards them (momentum 0.1, unbiased variance) on every call.
+#[derive(Debug, Clone)]
+pub struct BatchStatistics {
+    running_mean: Var,
+    running_var: Var,
+    num_batches_tracked: Var,
+    affine: Option<(Tensor, Tensor)>,
 }
 
 impl Norm {
     /// Loads `running_mean`/`running_var` (and `weight`/`bias` when `affine`) for batch norm.
-    pub fn new(kind: NormKind, channels: usize, affine: bool, vb: VarBuilder) -> Result<Self> {
-        match kind {
-            NormKind::Instance => Ok(Norm::Instance),
-            NormKind::Batch => {
+    pub fn new(
+        kind: NormKind,
+        channels: usize,
+        affine: bool,
+        mode: Mode,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        match (kind, mode) {
+            (NormKind::Instance, _) => Ok(Norm::Instance),
+            (NormKind::Batch, Mode::Train) => {
+                let var = |name| -> Result<Var> { Ok(Var::from_tensor(&vb.get(channels, name)?)?) };
+                let tracked = vb.get_with_hints_dtype(
+                    (),
+                    "num_batches_tracked",
+                    candle_nn::Init::Const(0.),
+                    DType::I64,
+                )?;
+                let affine = if affine {
+                    Some((vb.get(channels, "weight")?, vb.get(channels, "bias")?))
+                } else {
+                    None
+                };
+                Ok(Norm::BatchTrain(BatchStatistics {
+                    running_mean: var("running_mean")?,
+                    running_var: var("running_var")?,
+                    num_batches_tracked: Var::from_tensor(&tracked)?,
+                    affine,
+                }))
+            }
+            (NormKind::Batch, Mode::Eval) => {
                 let mean = vb.get(channels, "running_mean")?;
                 let var = vb.get(channels, "running_var")?;
                 let mut scale = (var + NORM_EPS)?.sqrt()?.recip()?;
@@ -273,10 +435,8 @@ impl Norm {
             }
         }
     }
-}
 
-impl Norm {
-    /// The same normalisation for the fused CPU modulation kernel.
+    /// The same normalisation for the fused CPU modulation kernel (inference only).
     pub fn plane_norm(&self) -> candle_core::Result<PlaneNorm> {
         Ok(match self {
             Norm::Instance => PlaneNorm::Instance,
@@ -284,6 +444,9 @@ impl Norm {
                 scale: Arc::new(scale.flatten_all()?.to_vec1()?),
                 shift: Arc::new(shift.flatten_all()?.to_vec1()?),
             },
+            Norm::BatchTrain(_) => {
+                candle_core::bail!("the fused modulation kernel has no train-mode batch norm")
+            }
         })
     }
 }
@@ -293,7 +456,42 @@ impl Module for Norm {
         match self {
             Norm::Instance => instance_norm(x),
             Norm::Batch { scale, shift } => x.broadcast_mul(scale)?.broadcast_add(shift),
+            Norm::BatchTrain(stats) => stats.forward(x),
         }
+    }
+}
+
+impl BatchStatistics {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (n, c, h, w) = x.dims4()?;
+        let count = n * h * w;
+        if count < 2 {
+            candle_core::bail!(
+                "train-mode batch norm needs more than one value per channel, got {n}x{c}x{h}x{w}"
+            );
+        }
+        let mean = x.mean_keepdim((0, 2, 3))?;
+        let centered = x.broadcast_sub(&mean)?;
+        let var = centered.sqr()?.mean_keepdim((0, 2, 3))?;
+        let mut y = centered.broadcast_div(&(&var + NORM_EPS)?.sqrt()?)?;
+        if let Some((gamma, beta)) = &self.affine {
+            let per_channel = |t: &Tensor| t.reshape((1, c, 1, 1));
+            y = y
+                .broadcast_mul(&per_channel(gamma)?)?
+                .broadcast_add(&per_channel(beta)?)?;
+        }
+        let unbiased = (var.detach().flatten_all()? * (count as f64 / (count - 1) as f64))?;
+        let update = |running: &Var, batch: Tensor| -> candle_core::Result<()> {
+            let moved =
+                ((running.as_tensor().detach() * (1.0 - BN_MOMENTUM))? + (batch * BN_MOMENTUM)?)?;
+            running.set(&moved)
+        };
+        update(&self.running_mean, mean.detach().flatten_all()?)?;
+        update(&self.running_var, unbiased)?;
+        let tracked = self.num_batches_tracked.as_tensor().to_scalar::<i64>()?;
+        self.num_batches_tracked
+            .set(&Tensor::new(tracked + 1, x.device())?)?;
+        Ok(y)
     }
 }
 
@@ -350,6 +548,47 @@ fn nearest_indices(input: usize, output: usize, device: &Device) -> candle_core:
     Tensor::from_vec(idx, output, device)
 }
 
+/// `F.avg_pool2d(x, 3, stride=2, padding=1, count_include_pad=False)`, the discriminator's
+/// downsampling between scales. Built from slices and sums so that it has a gradient (candle's
+/// pooling has no backward when the kernel differs from the stride).
+pub fn avg_pool3x3_s2(x: &Tensor) -> candle_core::Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    let sums = window_sum_3_stride_2(&window_sum_3_stride_2(x, 2)?, 3)?;
+    let rows = Tensor::from_vec(window_counts(h), (h.div_ceil(2), 1), x.device())?;
+    let cols = Tensor::from_vec(window_counts(w), (1, w.div_ceil(2)), x.device())?;
+    sums.broadcast_div(&rows.broadcast_mul(&cols)?.to_dtype(x.dtype())?)
+}
+
+/// Along `dim`: sums of the windows `[2i - 1, 2i + 1]` (zero outside the input).
+fn window_sum_3_stride_2(x: &Tensor, dim: usize) -> candle_core::Result<Tensor> {
+    let len = x.dim(dim)?;
+    let out = len.div_ceil(2);
+    // One zero in front and enough behind to split the axis into out + 1 pairs; window i is
+    // then pair i plus the first element of pair i + 1.
+    let padded = x.pad_with_zeros(dim, 1, 2 * out + 1 - len)?;
+    let mut shape = padded.dims().to_vec();
+    shape[dim] = out + 1;
+    shape.insert(dim + 1, 2);
+    let pairs = padded.reshape(shape)?;
+    let whole_pairs = pairs.narrow(dim, 0, out)?.sum(dim + 1)?;
+    let next_first = pairs
+        .narrow(dim, 1, out)?
+        .narrow(dim + 1, 0, 1)?
+        .squeeze(dim + 1)?;
+    whole_pairs + next_first
+}
+
+/// How many of the three window elements fall inside an axis of `len`.
+fn window_counts(len: usize) -> Vec<f32> {
+    (0..len.div_ceil(2))
+        .map(|i| {
+            let last = (2 * i + 1).min(len - 1);
+            let first = (2 * i).saturating_sub(1);
+            (last - first + 1) as f32
+        })
+        .collect()
+}
+
 /// `nn.Upsample(scale_factor=2)`: every pixel becomes a 2x2 block.
 pub fn upsample2x(x: &Tensor) -> candle_core::Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
@@ -366,9 +605,11 @@ pub fn resize_bilinear(x: &Tensor, height: usize, width: usize) -> candle_core::
         return Ok(x.clone());
     }
     let dev = x.device();
-    let rows = bilinear_matrix(in_h, height, dev)?; // height x in_h
-    let cols = bilinear_matrix(in_w, width, dev)?.t()?; // in_w x width
-    let x = x.to_dtype(DType::F32)?.reshape((n * c, in_h, in_w))?;
+    let rows = bilinear_matrix(in_h, height, dev)?.to_dtype(x.dtype())?; // height x in_h
+    let cols = bilinear_matrix(in_w, width, dev)?
+        .t()?
+        .to_dtype(x.dtype())?; // in_w x width
+    let x = x.reshape((n * c, in_h, in_w))?;
     let y = rows
         .broadcast_left(n * c)?
         .matmul(&x)?
@@ -414,6 +655,30 @@ mod tests {
             0., 0., 1., 1., 0., 0., 1., 1., 2., 2., 3., 3., 2., 2., 3., 3.,
         ];
         assert_eq!(y.to_vec1::<f32>().unwrap(), expected);
+    }
+
+    #[test]
+    fn avg_pool_matches_the_definition() {
+        let (h, w) = (5, 4);
+        let values: Vec<f32> = (0..h * w).map(|i| (i * i % 7) as f32).collect();
+        let x = Tensor::from_vec(values.clone(), (1, 1, h, w), &Device::Cpu).unwrap();
+        let y = avg_pool3x3_s2(&x).unwrap();
+        assert_eq!(y.dims(), [1, 1, 3, 2]);
+        let y = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for (oi, row) in y.chunks(2).enumerate() {
+            for (oj, &got) in row.iter().enumerate() {
+                let mut window = vec![];
+                for i in (2 * oi as isize - 1)..=(2 * oi as isize + 1) {
+                    for j in (2 * oj as isize - 1)..=(2 * oj as isize + 1) {
+                        if (0..h as isize).contains(&i) && (0..w as isize).contains(&j) {
+                            window.push(values[i as usize * w + j as usize]);
+                        }
+                    }
+                }
+                let mean = window.iter().sum::<f32>() / window.len() as f32;
+                assert!((got - mean).abs() < 1e-6, "({oi}, {oj}): {got} vs {mean}");
+            }
+        }
     }
 
     #[test]

@@ -3,19 +3,26 @@
 //!
 //! Data flow: [`preprocess`] turns label/instance/photo files into tensors, [`model`]
 //! holds the [`generator`] and [`encoder`] built from a [`checkpoint`] and a [`config`].
+//! [`train`] adds the [`discriminator`], the [`loss`]es, the [`vgg`] features and the
+//! [`optim`]iser of the official training loop.
 
 pub mod checkpoint;
 pub mod config;
+pub mod discriminator;
 pub mod encoder;
 pub mod error;
 pub mod generator;
 pub mod kernels;
 pub mod layers;
+pub mod loss;
 pub mod model;
+pub mod optim;
 pub mod preprocess;
 pub mod resample;
 pub mod resblock;
 pub mod spade;
+pub mod train;
+pub mod vgg;
 
 pub use checkpoint::Checkpoint;
 pub use config::Config;

@@ -6,7 +6,7 @@ use candle_nn::VarBuilder;
 
 use crate::config::Config;
 use crate::error::Result;
-use crate::layers::{Conv2d, ConvSpec};
+use crate::layers::{Conv2d, ConvSpec, Mode};
 use crate::spade::Spade;
 
 #[derive(Debug, Clone)]
@@ -19,7 +19,7 @@ pub struct SpadeResBlock {
 }
 
 impl SpadeResBlock {
-    pub fn new(cfg: &Config, fin: usize, fout: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &Config, fin: usize, fout: usize, mode: Mode, vb: VarBuilder) -> Result<Self> {
         let fmiddle = fin.min(fout);
         let spectral = cfg.norm_g.spectral;
         let conv = |cin, cout, kernel, bias| ConvSpec {
@@ -29,17 +29,17 @@ impl SpadeResBlock {
         };
         let shortcut = if fin != fout {
             Some((
-                Spade::new(cfg, fin, vb.pp("norm_s"))?,
-                Conv2d::new(conv(fin, fout, 1, false), vb.pp("conv_s"))?,
+                Spade::new(cfg, fin, mode, vb.pp("norm_s"))?,
+                Conv2d::new(conv(fin, fout, 1, false), mode, vb.pp("conv_s"))?,
             ))
         } else {
             None
         };
         Ok(Self {
-            conv_0: Conv2d::new(conv(fin, fmiddle, 3, true), vb.pp("conv_0"))?,
-            conv_1: Conv2d::new(conv(fmiddle, fout, 3, true), vb.pp("conv_1"))?,
-            norm_0: Spade::new(cfg, fin, vb.pp("norm_0"))?,
-            norm_1: Spade::new(cfg, fmiddle, vb.pp("norm_1"))?,
+            conv_0: Conv2d::new(conv(fin, fmiddle, 3, true), mode, vb.pp("conv_0"))?,
+            conv_1: Conv2d::new(conv(fmiddle, fout, 3, true), mode, vb.pp("conv_1"))?,
+            norm_0: Spade::new(cfg, fin, mode, vb.pp("norm_0"))?,
+            norm_1: Spade::new(cfg, fmiddle, mode, vb.pp("norm_1"))?,
             shortcut,
         })
     }

@@ -7,7 +7,7 @@ use candle_nn::VarBuilder;
 use crate::config::Config;
 use crate::error::Result;
 use crate::kernels::Modulate;
-use crate::layers::{ConvSpec, Norm, SegConv2d, StackedConv2d};
+use crate::layers::{ConvSpec, Mode, Norm, SegConv2d, StackedConv2d};
 
 /// Hidden width of the SPADE convolutions, fixed in the official code.
 const HIDDEN: usize = 128;
@@ -23,11 +23,16 @@ pub struct Spade {
 }
 
 impl Spade {
-    pub fn new(cfg: &Config, channels: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &Config, channels: usize, mode: Mode, vb: VarBuilder) -> Result<Self> {
         let k = cfg.norm_g.kernel_size;
-        let param_free_norm =
-            Norm::new(cfg.norm_g.norm, channels, false, vb.pp("param_free_norm"))?;
-        let fused = if vb.device().is_cpu() {
+        let param_free_norm = Norm::new(
+            cfg.norm_g.norm,
+            channels,
+            false,
+            mode,
+            vb.pp("param_free_norm"),
+        )?;
+        let fused = if vb.device().is_cpu() && mode == Mode::Eval {
             let norm = param_free_norm.plane_norm()?;
             let modulate = |leaky_relu| Modulate {
                 norm: norm.clone(),
@@ -43,11 +48,13 @@ impl Spade {
             mlp_shared: SegConv2d::new(
                 ConvSpec::same(cfg.semantic_nc(), HIDDEN, k),
                 cfg.label_channels(),
+                mode,
                 vb.pp("mlp_shared.0"),
             )?,
             mlp_gamma_beta: StackedConv2d::new(
                 (ConvSpec::same(HIDDEN, channels, k), vb.pp("mlp_gamma")),
                 (ConvSpec::same(HIDDEN, channels, k), vb.pp("mlp_beta")),
+                mode,
             )?,
         })
     }

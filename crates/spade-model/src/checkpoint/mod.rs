@@ -2,6 +2,7 @@
 //! `latest_net_E.pth`) or one converted safetensors file, read into named CPU tensors.
 
 pub mod pth;
+pub mod pth_write;
 pub mod safetensors;
 
 use std::collections::HashMap;
@@ -141,4 +142,18 @@ impl Checkpoint {
         }
         safetensors::write(path, &self.config, &all)
     }
+}
+
+/// Writes `path` through `write` into a temporary file beside it, flushed to disk and then
+/// renamed over `path`: a reader (or a job killed mid-write) sees the old file or the new
+/// one, never a torn one.
+pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".partial");
+    let tmp = path.with_file_name(name);
+    write(&tmp)?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }

@@ -1,5 +1,6 @@
 //! Converted checkpoints: one safetensors file holding the generator (`netG.` prefix),
-//! the encoder if any (`netE.`), and the config as JSON in the header metadata.
+//! the encoder if any (`netE.`), and the config as JSON in the header metadata. Also the
+//! plain tensor files of training (VGG weights, optimiser state).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -33,11 +34,27 @@ pub fn read(path: &Path) -> Result<(Config, HashMap<String, Tensor>)> {
     Ok((config, tensors))
 }
 
-/// Writes atomically: a temporary file beside `path`, renamed over it when complete.
+/// Reads every tensor of a safetensors file, whatever its metadata.
+pub fn read_plain(path: &Path) -> Result<HashMap<String, Tensor>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+        .map_err(|e| Error::checkpoint(path, format!("not a valid safetensors file: {e}")))
+}
+
+/// Writes a converted checkpoint (config in the metadata), atomically.
 pub fn write(path: &Path, config: &Config, tensors: &HashMap<String, Tensor>) -> Result<()> {
     let metadata = HashMap::from([(CONFIG_KEY.to_string(), config.to_json())]);
-    let tmp = path.with_extension("safetensors.partial");
-    safetensors::serialize_to_file(tensors.iter(), Some(metadata), &tmp)
-        .map_err(|e| Error::checkpoint(&tmp, e.to_string()))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    write_plain(path, metadata, tensors)
+}
+
+/// Writes tensors with the given header metadata, atomically.
+pub fn write_plain(
+    path: &Path,
+    metadata: HashMap<String, String>,
+    tensors: &HashMap<String, Tensor>,
+) -> Result<()> {
+    super::write_atomically(path, |tmp| {
+        safetensors::serialize_to_file(tensors.iter(), Some(metadata), tmp)
+            .map_err(|e| Error::checkpoint(tmp, e.to_string()))
+    })
 }
