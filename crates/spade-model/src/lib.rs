@@ -17,6 +17,7 @@ pub mod layers;
 pub mod loss;
 pub mod model;
 pub mod optim;
+pub mod palette;
 pub mod preprocess;
 pub mod resample;
 pub mod resblock;

@@ -152,16 +152,48 @@ struct Geometry {
     crop: Option<usize>,
 }
 
-/// The test-time transforms of one model's config.
+/// Where one training sample is cropped and whether it is mirrored (the official
+/// `get_params`); the default is what test time does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Augmentation {
+    pub crop_x: usize,
+    pub crop_y: usize,
+    pub flip: bool,
+}
+
+/// The transforms of one model's config: test time by default, one training sample's
+/// random crop and flip with [`with_augmentation`](Self::with_augmentation).
 #[derive(Debug, Clone)]
 pub struct Preprocessor {
     config: Config,
+    augmentation: Augmentation,
 }
 
 impl Preprocessor {
     pub fn new(config: &Config) -> Self {
         Self {
             config: config.clone(),
+            augmentation: Augmentation::default(),
+        }
+    }
+
+    pub fn with_augmentation(&self, augmentation: Augmentation) -> Self {
+        Self {
+            config: self.config.clone(),
+            augmentation,
+        }
+    }
+
+    /// The largest crop offsets `(x, y)` for an input of this size: how far a random crop
+    /// may move inside the resized image (0 when the mode does not crop).
+    pub fn crop_room(&self, width: usize, height: usize) -> (usize, usize) {
+        let g = self.geometry(width, height);
+        match g.crop {
+            Some(size) => (
+                g.resize.0.saturating_sub(size),
+                g.resize.1.saturating_sub(size),
+            ),
+            None => (0, 0),
         }
     }
 
@@ -215,9 +247,19 @@ impl Preprocessor {
     ) -> Raster<T> {
         let g = self.geometry(raster.width, raster.height);
         let resized = resize(raster, g.resize.0, g.resize.1);
-        match g.crop {
-            Some(size) => resized.crop(0, 0, size, size),
+        let Augmentation {
+            crop_x,
+            crop_y,
+            flip,
+        } = self.augmentation;
+        let cropped = match g.crop {
+            Some(size) => resized.crop(crop_x, crop_y, size, size),
             None => resized,
+        };
+        if flip {
+            cropped.flip_horizontal()
+        } else {
+            cropped
         }
     }
 

@@ -48,6 +48,18 @@ impl<T: Copy + Default> Raster<T> {
         Self::new(width, height, self.channels, data)
     }
 
+    /// `Image.transpose(FLIP_LEFT_RIGHT)`.
+    pub fn flip_horizontal(&self) -> Self {
+        let row_len = self.width * self.channels;
+        let mut data = Vec::with_capacity(self.data.len());
+        for row in self.data.chunks_exact(row_len) {
+            for px in row.chunks_exact(self.channels).rev() {
+                data.extend_from_slice(px);
+            }
+        }
+        Self::new(self.width, self.height, self.channels, data)
+    }
+
     /// `Image.resize(size, NEAREST)`.
     pub fn resize_nearest(&self, width: usize, height: usize) -> Self {
         if (width, height) == (self.width, self.height) {

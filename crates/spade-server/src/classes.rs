@@ -2,6 +2,7 @@
 //! for the official datasets (COCO-Stuff 182, ADE20K 150, Cityscapes 35) and numbered
 //! classes otherwise. Colours follow the reference visualiser (`util.labelcolormap`).
 
+use spade_model::palette::voc_colour;
 use std::collections::HashMap;
 
 use serde::Serialize;
@@ -102,7 +103,7 @@ impl ClassTable {
                     COCO_COLORS
                         .iter()
                         .find(|(n, _)| config.dataset_mode == "coco" && *n == name)
-                        .map_or_else(|| bit_color(id), |(_, c)| *c)
+                        .map_or_else(|| voc_colour(id), |(_, c)| *c)
                 };
                 Class {
                     id: id as u32,
@@ -150,33 +151,9 @@ fn group(dataset: &str, label_nc: usize, id: usize) -> Option<&'static str> {
     }
 }
 
-/// The reference's colour for label `i`: the bits of `i + 1` spread over r, g, b from the
-/// most significant bit down (the PASCAL VOC colour map).
-fn bit_color(i: usize) -> [u8; 3] {
-    let mut id = i + 1;
-    let mut rgb = [0u8; 3];
-    for j in 0..7 {
-        for (c, value) in rgb.iter_mut().enumerate() {
-            *value ^= (((id >> c) & 1) as u8) << (7 - j);
-        }
-        id >>= 3;
-    }
-    rgb
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn voc_colours_match_the_reference_map() {
-        // labelcolormap: index 0 -> (128, 0, 0), 1 -> (0, 128, 0), 3 -> (0, 0, 128).
-        assert_eq!(bit_color(0), [128, 0, 0]);
-        assert_eq!(bit_color(1), [0, 128, 0]);
-        assert_eq!(bit_color(2), [128, 128, 0]);
-        assert_eq!(bit_color(3), [0, 0, 128]);
-        assert_eq!(bit_color(6), [128, 128, 128]);
-    }
 
     #[test]
     fn official_tables_have_names_and_distinct_colours() {

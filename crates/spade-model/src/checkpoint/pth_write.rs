@@ -22,7 +22,8 @@ pub fn write(path: &Path, entries: &[(String, Tensor)]) -> Result<()> {
     })
 }
 
-fn write_archive(path: &Path, entries: &[(String, Tensor)]) -> std::result::Result<(), String> {
+/// Writes in place, without a temporary file: for callers that stage files themselves.
+pub fn write_archive(path: &Path, entries: &[(String, Tensor)]) -> std::result::Result<(), String> {
     let mut storages = Vec::with_capacity(entries.len());
     let mut pickle = Pickle::default();
     pickle.global("collections", "OrderedDict");
