@@ -123,7 +123,7 @@ fn random_generator(config: &Config, device: &Device) -> Result<(Generator, usiz
 }
 
 /// A label map of random rectangles (and matching instance map) at the network's size.
-fn random_semantics(config: &Config, batch: usize, device: &Device) -> Result<Tensor> {
+pub fn random_semantics(config: &Config, batch: usize, device: &Device) -> Result<Tensor> {
     let (h, w) = config.output_size();
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let labels: Vec<_> = (0..batch)
@@ -146,7 +146,7 @@ fn random_semantics(config: &Config, batch: usize, device: &Device) -> Result<Te
 }
 
 /// Peak resident memory of this process (Linux `VmHWM`), in MiB.
-fn peak_rss_mib() -> Option<u64> {
+pub fn peak_rss_mib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;

@@ -1,6 +1,7 @@
 //! `spade`: run SPADE checkpoints from the command line.
 
 mod bench;
+mod bench_train;
 mod convert;
 mod encode;
 mod synthesize;
@@ -26,6 +27,8 @@ enum Command {
     Convert(convert::Args),
     /// Measure generator throughput on random weights of an official architecture.
     Bench(bench::Args),
+    /// Measure training iterations/s (G step + D step) on random weights and data.
+    BenchTrain(bench_train::Args),
 }
 
 fn main() {
@@ -35,6 +38,7 @@ fn main() {
         Command::Encode(args) => encode::run(args),
         Command::Convert(args) => convert::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::BenchTrain(args) => bench_train::run(args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");
