@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# spade: the inference server (spade-server) and the CLI (spade) in one image.
+# spade: the inference server (spade-server), the CLI (spade) and the trainer in one image.
 #   CPU (default):  docker build -t spade:cpu .
 #   CUDA:           docker build --build-arg VARIANT=cuda -t spade:cuda .
 # Environment (see `spade-server --help`): SPADE_LISTEN, SPADE_MODELS (NAME=PATH,...),
@@ -13,7 +13,8 @@ ARG CUDA_VERSION=11.8.0
 
 # ---- build stages -----------------------------------------------------------------
 FROM rust:${RUST_VERSION}-bookworm AS build-cpu
-ENV CARGO_FEATURES=""
+ENV CARGO_FEATURES="" \
+    TRAINER_FEATURES=""
 
 FROM nvidia/cuda:${CUDA_VERSION}-devel-ubuntu22.04 AS build-cuda
 ARG RUST_VERSION
@@ -26,6 +27,7 @@ RUN apt-get update \
     && curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --default-toolchain "${RUST_VERSION}"
 ENV PATH=/root/.cargo/bin:$PATH \
     CARGO_FEATURES="cuda" \
+    TRAINER_FEATURES="nccl" \
     CUDA_COMPUTE_CAP=80
 
 # hadolint ignore=DL3006
@@ -37,12 +39,15 @@ COPY crates/spade-model/Cargo.toml crates/spade-model/
 COPY crates/spade-cli/Cargo.toml crates/spade-cli/
 COPY crates/spade-server/Cargo.toml crates/spade-server/
 RUN for c in spade-model spade-cli spade-server; do mkdir -p crates/$c/src && echo 'fn main() {}' > crates/$c/src/main.rs && touch crates/$c/src/lib.rs; done \
-    && cargo build --release --locked -p spade-server -p spade-cli --features "${CARGO_FEATURES}"
+    && mkdir -p crates/spade-model/src/bin && echo 'fn main() {}' > crates/spade-model/src/bin/trainer.rs \
+    && cargo build --release --locked -p spade-server -p spade-cli --features "${CARGO_FEATURES}" \
+    && cargo build --release --locked -p spade-model --bin trainer --features "${TRAINER_FEATURES}"
 COPY crates crates
 COPY openapi.yaml ./
-RUN touch crates/*/src/*.rs \
+RUN touch crates/*/src/*.rs crates/spade-model/src/bin/*.rs \
     && cargo build --release --locked -p spade-server -p spade-cli --features "${CARGO_FEATURES}" \
-    && mkdir -p /out && cp target/release/spade-server target/release/spade /out/
+    && cargo build --release --locked -p spade-model --bin trainer --features "${TRAINER_FEATURES}" \
+    && mkdir -p /out && cp target/release/spade-server target/release/spade target/release/trainer /out/
 
 # ---- runtime stages ---------------------------------------------------------------
 FROM debian:bookworm-slim AS runtime-cpu
@@ -61,7 +66,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin spade \
     && mkdir -p /models && chown spade /models
-COPY --from=build /out/spade-server /out/spade /usr/local/bin/
+COPY --from=build /out/spade-server /out/spade /out/trainer /usr/local/bin/
 ENV SPADE_LISTEN=0.0.0.0:8080 \
     RUST_LOG=info
 VOLUME ["/models"]

@@ -32,7 +32,16 @@ pub fn run(args: Args) -> Result<()> {
     let device = crate::parse_device(&args.device)?;
     let batch_size = args.batch.to_string();
     let mut options: Vec<&str> = match args.config.as_str() {
-        "small" => vec!["--label_nc", "8", "--ngf", "8", "--ndf", "16", "--crop_size", "64"],
+        "small" => vec![
+            "--label_nc",
+            "8",
+            "--ngf",
+            "8",
+            "--ndf",
+            "16",
+            "--crop_size",
+            "64",
+        ],
         "coco" => vec![],
         other => anyhow::bail!("unknown config `{other}` (small, coco)"),
     };
@@ -53,6 +62,7 @@ pub fn run(args: Args) -> Result<()> {
         options.vgg_weights.as_deref(),
         &device,
         DType::F32,
+        None,
     )
     .context("building the networks")?;
     let semantics = crate::bench::random_semantics(&model, args.batch, &device)?;

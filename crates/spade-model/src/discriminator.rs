@@ -41,7 +41,7 @@ pub struct PatchDiscriminator {
 }
 
 impl PatchDiscriminator {
-    pub fn new(cfg: &DiscriminatorConfig, mode: Mode, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &DiscriminatorConfig, mode: &Mode, vb: VarBuilder) -> Result<Self> {
         let mut groups = Vec::with_capacity(cfg.n_layers_d + 1);
         let plain = |cin, cout, stride| ConvSpec {
             in_channels: cin,
@@ -115,7 +115,7 @@ pub struct MultiscaleDiscriminator {
 }
 
 impl MultiscaleDiscriminator {
-    pub fn new(cfg: &DiscriminatorConfig, mode: Mode, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &DiscriminatorConfig, mode: &Mode, vb: VarBuilder) -> Result<Self> {
         if cfg.num_d == 0 || cfg.n_layers_d == 0 || cfg.ndf == 0 {
             return Err(Error::config(
                 "num_D / n_layers_D / ndf",

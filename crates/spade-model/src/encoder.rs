@@ -23,10 +23,10 @@ pub struct Encoder {
 impl Encoder {
     /// The encoder for inference (PyTorch's `.eval()`).
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
-        Self::with_mode(cfg, Mode::Eval, vb)
+        Self::with_mode(cfg, &Mode::Eval, vb)
     }
 
-    pub fn with_mode(cfg: &Config, mode: Mode, vb: VarBuilder) -> Result<Self> {
+    pub fn with_mode(cfg: &Config, mode: &Mode, vb: VarBuilder) -> Result<Self> {
         if cfg.crop_size < INPUT_SIZE {
             return Err(Error::config(
                 "crop_size",

@@ -30,10 +30,10 @@ pub struct Generator {
 impl Generator {
     /// The generator for inference (PyTorch's `.eval()`).
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
-        Self::with_mode(cfg, Mode::Eval, vb)
+        Self::with_mode(cfg, &Mode::Eval, vb)
     }
 
-    pub fn with_mode(cfg: &Config, mode: Mode, vb: VarBuilder) -> Result<Self> {
+    pub fn with_mode(cfg: &Config, mode: &Mode, vb: VarBuilder) -> Result<Self> {
         let nf = cfg.ngf;
         let (sw, sh) = cfg.latent_size();
         let fc = if cfg.use_vae {

@@ -34,7 +34,7 @@ pub struct ConvShape {
 }
 
 impl ConvShape {
-    fn out_size(&self, h: usize, w: usize) -> (usize, usize) {
+    pub(crate) fn out_size(&self, h: usize, w: usize) -> (usize, usize) {
         let k = self.kernel;
         (
             (h + 2 * self.padding - k) / self.stride + 1,
@@ -42,7 +42,7 @@ impl ConvShape {
         )
     }
 
-    fn patch(&self) -> usize {
+    pub(crate) fn patch(&self) -> usize {
         self.in_channels * self.kernel * self.kernel
     }
 }
@@ -90,46 +90,15 @@ impl Im2colConv {
 
     /// Convolves one image (`in x h x w`) into `out` (`out_channels x ho x wo`).
     fn image(&self, x: &[f32], h: usize, w: usize, out: &mut [f32]) {
-        let s = self.shape;
-        let (ho, wo) = s.out_size(h, w);
-        let patch = s.patch();
-        let rows_per_tile = (TILE_ELEMENTS / (patch * wo)).clamp(1, ho);
-        let mut cols = vec![0f32; patch * rows_per_tile * wo];
-        if let Some(bias) = &self.bias {
-            for (o, plane) in out.chunks_exact_mut(ho * wo).enumerate() {
-                plane.fill(bias[o]);
-            }
-        }
-        for y0 in (0..ho).step_by(rows_per_tile) {
-            let rows = rows_per_tile.min(ho - y0);
-            let pixels = rows * wo;
-            let cols = &mut cols[..patch * pixels];
-            im2col(x, h, w, &s, y0, rows, wo, cols);
-            // out[:, y0.., :] (+)= weight (out x patch) * cols (patch x pixels)
-            unsafe {
-                gemm::gemm(
-                    s.out_channels,
-                    pixels,
-                    patch,
-                    out.as_mut_ptr().add(y0 * wo),
-                    1,
-                    (ho * wo) as isize,
-                    self.bias.is_some(),
-                    self.weight.as_ptr(),
-                    1,
-                    patch as isize,
-                    cols.as_ptr(),
-                    1,
-                    pixels as isize,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    Parallelism::Rayon(rayon::current_num_threads()),
-                );
-            }
-        }
+        convolve_image(
+            &self.shape,
+            &self.weight,
+            self.bias.as_deref().map(Vec::as_slice),
+            x,
+            h,
+            w,
+            out,
+        );
     }
 
     fn run(&self, x: &[f32], n: usize, h: usize, w: usize) -> (Vec<f32>, Shape) {
@@ -146,9 +115,66 @@ impl Im2colConv {
     }
 }
 
+/// Output rows per im2col tile for an output `wo` wide.
+pub(crate) fn rows_per_tile(s: &ConvShape, ho: usize, wo: usize) -> usize {
+    (TILE_ELEMENTS / (s.patch() * wo)).clamp(1, ho)
+}
+
+/// One image (`in x h x w`) convolved with `weight` (`out x patch`, row-major) into `out`
+/// (`out x ho x wo`), tile by tile of output rows.
+pub(crate) fn convolve_image(
+    s: &ConvShape,
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    x: &[f32],
+    h: usize,
+    w: usize,
+    out: &mut [f32],
+) {
+    let (ho, wo) = s.out_size(h, w);
+    let patch = s.patch();
+    let tile_rows = rows_per_tile(s, ho, wo);
+    let mut cols = vec![0f32; patch * tile_rows * wo];
+    if let Some(bias) = bias {
+        for (o, plane) in out.chunks_exact_mut(ho * wo).enumerate() {
+            plane.fill(bias[o]);
+        }
+    }
+    for y0 in (0..ho).step_by(tile_rows) {
+        let rows = tile_rows.min(ho - y0);
+        let pixels = rows * wo;
+        let cols = &mut cols[..patch * pixels];
+        im2col(x, h, w, s, y0, rows, wo, cols);
+        // out[:, y0.., :] (+)= weight (out x patch) * cols (patch x pixels)
+        unsafe {
+            gemm::gemm(
+                s.out_channels,
+                pixels,
+                patch,
+                out.as_mut_ptr().add(y0 * wo),
+                1,
+                (ho * wo) as isize,
+                bias.is_some(),
+                weight.as_ptr(),
+                1,
+                patch as isize,
+                cols.as_ptr(),
+                1,
+                pixels as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                Parallelism::Rayon(rayon::current_num_threads()),
+            );
+        }
+    }
+}
+
 /// Fills `cols` (`patch x (rows * wo)`) with the input patches of output rows `y0..y0+rows`.
 #[allow(clippy::too_many_arguments)]
-fn im2col(
+pub(crate) fn im2col(
     x: &[f32],
     h: usize,
     w: usize,
@@ -190,7 +216,7 @@ fn im2col(
 }
 
 /// The input of a custom op as a contiguous f32 slice with its NCHW dims.
-fn nchw<'a>(
+pub(crate) fn nchw<'a>(
     storage: &'a CpuStorage,
     layout: &Layout,
 ) -> candle_core::Result<(&'a [f32], [usize; 4])> {

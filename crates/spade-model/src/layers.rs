@@ -15,6 +15,9 @@ use crate::config::NormKind;
 use crate::error::Result;
 use std::sync::Arc;
 
+use crate::collective::{AllReduce, Collective};
+use crate::conv_grad::TrainableConv;
+use crate::fused::{normalize, Statistics};
 use crate::kernels::{Im2colConv, PlaneNorm, SegmapConv};
 
 /// Epsilon of PyTorch's BatchNorm2d and InstanceNorm2d.
@@ -25,13 +28,20 @@ const SPECTRAL_EPS: f64 = 1e-12;
 const BN_MOMENTUM: f64 = 0.1;
 
 /// Which of PyTorch's module modes a network is built for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Mode {
     /// `.eval()`: stored statistics, spectral norm folded in once, no gradients.
     Eval,
     /// `.train()`: batch statistics and power iterations that update the buffers on every
-    /// call; the parameters must be variables for gradients to reach them.
-    Train,
+    /// call; the parameters must be variables for gradients to reach them. With a group of
+    /// data-parallel ranks, batch norm uses the statistics of the whole global batch.
+    Train(Option<Arc<dyn Collective>>),
+}
+
+impl Mode {
+    pub fn is_train(&self) -> bool {
+        matches!(self, Mode::Train(_))
+    }
 }
 
 /// A 2-D convolution with square kernel, zero padding and optional bias. For inference on
@@ -77,8 +87,8 @@ impl ConvSpec {
 }
 
 impl Conv2d {
-    pub fn new(spec: ConvSpec, mode: Mode, vb: VarBuilder) -> Result<Self> {
-        if mode == Mode::Train {
+    pub fn new(spec: ConvSpec, mode: &Mode, vb: VarBuilder) -> Result<Self> {
+        if mode.is_train() {
             return Ok(Conv2d::Train(TrainConv2d::new(spec, &vb)?));
         }
         let (weight, bias) = conv_weights(spec, &vb)?;
@@ -147,9 +157,9 @@ impl StackedConv2d {
     pub fn new(
         first: (ConvSpec, VarBuilder),
         second: (ConvSpec, VarBuilder),
-        mode: Mode,
+        mode: &Mode,
     ) -> Result<Self> {
-        if mode == Mode::Train {
+        if mode.is_train() {
             return Ok(StackedConv2d::Pair(
                 Conv2d::new(first.0, mode, first.1)?,
                 Conv2d::new(second.0, mode, second.1)?,
@@ -201,8 +211,8 @@ pub enum SegConv2d {
 
 impl SegConv2d {
     /// `classes`: how many input channels are one-hot labels (the rest is the edge map).
-    pub fn new(spec: ConvSpec, classes: usize, mode: Mode, vb: VarBuilder) -> Result<Self> {
-        if mode == Mode::Train {
+    pub fn new(spec: ConvSpec, classes: usize, mode: &Mode, vb: VarBuilder) -> Result<Self> {
+        if mode.is_train() {
             return Ok(SegConv2d::Dense(Conv2d::new(spec, mode, vb)?));
         }
         let (weight, bias) = conv_weights(spec, &vb)?;
@@ -321,7 +331,19 @@ impl TrainConv2d {
                 self.weight.broadcast_div(&sigma)?
             }
         };
-        conv2d_with_bias(x, &weight, self.bias.as_ref(), self.stride, self.padding)
+        if x.device().is_cpu() && x.dtype() == DType::F32 {
+            let conv = TrainableConv {
+                stride: self.stride,
+                padding: self.padding,
+            };
+            let y = x.contiguous()?.apply_op2(&weight.contiguous()?, conv)?;
+            match &self.bias {
+                Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
+                None => Ok(y),
+            }
+        } else {
+            conv2d_with_bias(x, &weight, self.bias.as_ref(), self.stride, self.padding)
+        }
     }
 }
 
@@ -376,9 +398,12 @@ pub enum Norm {
 }
 
 /// Train-mode batch norm: normalises with the batch mean and biased variance, and moves the
-/// running statistics towards them (momentum 0.1, unbiased variance) on every call.
+/// running statistics towards them (momentum 0.1, unbiased variance) on every call. With a
+/// data-parallel group the statistics are those of the global batch, from all-reduced sums
+/// (the reference's `SynchronizedBatchNorm2d`).
 #[derive(Debug, Clone)]
 pub struct BatchStatistics {
+    sync: Option<AllReduce>,
     running_mean: Var,
     running_var: Var,
     num_batches_tracked: Var,
@@ -391,12 +416,12 @@ impl Norm {
         kind: NormKind,
         channels: usize,
         affine: bool,
-        mode: Mode,
+        mode: &Mode,
         vb: VarBuilder,
     ) -> Result<Self> {
         match (kind, mode) {
             (NormKind::Instance, _) => Ok(Norm::Instance),
-            (NormKind::Batch, Mode::Train) => {
+            (NormKind::Batch, Mode::Train(group)) => {
                 let var = |name| -> Result<Var> { Ok(Var::from_tensor(&vb.get(channels, name)?)?) };
                 let tracked = vb.get_with_hints_dtype(
                     (),
@@ -410,6 +435,7 @@ impl Norm {
                     None
                 };
                 Ok(Norm::BatchTrain(BatchStatistics {
+                    sync: group.clone().map(AllReduce),
                     running_mean: var("running_mean")?,
                     running_var: var("running_var")?,
                     num_batches_tracked: Var::from_tensor(&tracked)?,
@@ -470,10 +496,38 @@ impl BatchStatistics {
                 "train-mode batch norm needs more than one value per channel, got {n}x{c}x{h}x{w}"
             );
         }
-        let mean = x.mean_keepdim((0, 2, 3))?;
-        let centered = x.broadcast_sub(&mean)?;
-        let var = centered.sqr()?.mean_keepdim((0, 2, 3))?;
-        let mut y = centered.broadcast_div(&(&var + NORM_EPS)?.sqrt()?)?;
+        let fused = self.sync.is_none() && x.device().is_cpu() && x.dtype() == DType::F32;
+        let (y, mean, var, count) = if fused {
+            let xd = x.detach();
+            let mean = xd.mean_keepdim((0, 2, 3))?;
+            let var = xd.broadcast_sub(&mean)?.sqr()?.mean_keepdim((0, 2, 3))?;
+            (normalize(x, Statistics::Batch, NORM_EPS)?, mean, var, count)
+        } else {
+            let (mean, var, count) = match &self.sync {
+                None => {
+                    let mean = x.mean_keepdim((0, 2, 3))?;
+                    let var = x.broadcast_sub(&mean)?.sqr()?.mean_keepdim((0, 2, 3))?;
+                    (mean, var, count)
+                }
+                Some(all_reduce) => {
+                    let sums = Tensor::cat(
+                        &[x.sum_keepdim((0, 2, 3))?, x.sqr()?.sum_keepdim((0, 2, 3))?],
+                        0,
+                    )?;
+                    let total = count * all_reduce.0.world_size();
+                    let sums = (all_reduce.apply(&sums).map_err(candle_core::Error::wrap)?
+                        / total as f64)?;
+                    let mean = sums.narrow(0, 0, 1)?;
+                    let var = (sums.narrow(0, 1, 1)? - mean.sqr()?)?;
+                    (mean, var, total)
+                }
+            };
+            let y = x
+                .broadcast_sub(&mean)?
+                .broadcast_div(&(&var + NORM_EPS)?.sqrt()?)?;
+            (y, mean, var, count)
+        };
+        let mut y = y;
         if let Some((gamma, beta)) = &self.affine {
             let per_channel = |t: &Tensor| t.reshape((1, c, 1, 1));
             y = y
@@ -503,6 +557,9 @@ fn instance_norm(x: &Tensor) -> candle_core::Result<Tensor> {
             "instance norm needs more than one spatial element per channel, got {n}x{c}x{h}x{w}"
         );
     }
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        return normalize(x, Statistics::Instance, NORM_EPS);
+    }
     let flat = x.reshape((n, c, h * w))?;
     let mean = flat.mean_keepdim(D::Minus1)?;
     let centered = flat.broadcast_sub(&mean)?;
@@ -514,7 +571,7 @@ fn instance_norm(x: &Tensor) -> candle_core::Result<Tensor> {
 
 /// `F.leaky_relu(x, 0.2)`, the activation used throughout SPADE.
 pub fn leaky_relu(x: &Tensor) -> candle_core::Result<Tensor> {
-    candle_nn::ops::leaky_relu(x, 0.2)
+    crate::fused::leaky_relu(x)
 }
 
 /// `F.interpolate(x, size=(h, w), mode='nearest')` with PyTorch's source-pixel choice.

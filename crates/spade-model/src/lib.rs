@@ -7,10 +7,13 @@
 //! [`optim`]iser of the official training loop.
 
 pub mod checkpoint;
+pub mod collective;
 pub mod config;
+pub mod conv_grad;
 pub mod discriminator;
 pub mod encoder;
 pub mod error;
+pub mod fused;
 pub mod generator;
 pub mod kernels;
 pub mod layers;

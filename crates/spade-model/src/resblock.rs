@@ -19,7 +19,7 @@ pub struct SpadeResBlock {
 }
 
 impl SpadeResBlock {
-    pub fn new(cfg: &Config, fin: usize, fout: usize, mode: Mode, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &Config, fin: usize, fout: usize, mode: &Mode, vb: VarBuilder) -> Result<Self> {
         let fmiddle = fin.min(fout);
         let spectral = cfg.norm_g.spectral;
         let conv = |cin, cout, kernel, bias| ConvSpec {

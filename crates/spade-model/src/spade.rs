@@ -23,7 +23,7 @@ pub struct Spade {
 }
 
 impl Spade {
-    pub fn new(cfg: &Config, channels: usize, mode: Mode, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &Config, channels: usize, mode: &Mode, vb: VarBuilder) -> Result<Self> {
         let k = cfg.norm_g.kernel_size;
         let param_free_norm = Norm::new(
             cfg.norm_g.norm,
@@ -32,7 +32,7 @@ impl Spade {
             mode,
             vb.pp("param_free_norm"),
         )?;
-        let fused = if vb.device().is_cpu() && mode == Mode::Eval {
+        let fused = if vb.device().is_cpu() && !mode.is_train() {
             let norm = param_free_norm.plane_norm()?;
             let modulate = |leaky_relu| Modulate {
                 norm: norm.clone(),

@@ -96,6 +96,7 @@ fn trainer(dir: &Path, dtype: DType) -> Trainer {
         options.vgg_weights.as_deref(),
         &Device::Cpu,
         dtype,
+        None,
     )
     .expect("trainer loads the pre-step checkpoints")
 }

@@ -383,7 +383,7 @@ fn broken_datasets_are_refused_with_the_file_named() {
         ])
     };
     let fails = |opts: TrainOptions, needle: &str| {
-        let err = spade_model::train::run::train(&opts, &Device::Cpu)
+        let err = spade_model::train::run::train(&opts, &Device::Cpu, None)
             .expect_err("must fail")
             .to_string();
         assert!(
@@ -417,4 +417,59 @@ fn broken_datasets_are_refused_with_the_file_named() {
     let mut opts = base();
     opts.image_dir = Some(PathBuf::from("/nonexistent/photos"));
     fails(opts, "/nonexistent/photos");
+}
+
+/// The training manifests only pass options the trainer has, and only set environment
+/// variables it reads.
+#[test]
+fn training_manifests_use_real_trainer_options() {
+    use clap::CommandFactory;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/training");
+    let options: Vec<String> = TrainOptions::command()
+        .get_arguments()
+        .filter_map(|a| a.get_long().map(str::to_string))
+        .collect();
+    let trainer_source = include_str!("../src/bin/trainer.rs");
+    let mut files = vec![];
+    let mut dirs = vec![root];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    assert!(files.len() >= 5, "{files:?}");
+    let all: String = files
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for flag in text
+            .split(|c: char| c.is_whitespace() || c == '"')
+            .filter_map(|w| w.strip_prefix("--"))
+        {
+            assert!(
+                options.iter().any(|o| o == flag),
+                "{}: `--{flag}` is no trainer option",
+                file.display()
+            );
+        }
+        for line in text.lines() {
+            if let Some(name) = line.trim().strip_prefix("- name: ") {
+                let is_env = name.chars().all(|c| c.is_ascii_uppercase() || c == '_');
+                let read = trainer_source.contains(&format!("\"{name}\""))
+                    || all.contains(&format!("${{{name}}}"));
+                assert!(
+                    !is_env || read,
+                    "{}: {name} is read by nobody",
+                    file.display()
+                );
+            }
+        }
+    }
 }

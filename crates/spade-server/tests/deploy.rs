@@ -9,13 +9,16 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// The Dockerfile and the server's manifests (`deploy/training` runs the trainer instead).
 fn deploy_files() -> Vec<PathBuf> {
     let mut files = vec![root().join("Dockerfile")];
     let mut dirs = vec![root().join("deploy")];
     while let Some(dir) = dirs.pop() {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
-            if path.is_dir() {
+            if path.is_dir() && path.ends_with("deploy/training") {
+                continue;
+            } else if path.is_dir() {
                 dirs.push(path);
             } else if path.extension().is_some_and(|e| e == "yaml") {
                 files.push(path);

@@ -1,10 +1,17 @@
 //! `trainer`: trains SPADE with the options, dataset layouts and checkpoint folders of the
 //! official `train.py` (see `trainer --help`).
+//!
+//! Data-parallel over the GPUs of a node (built with `--features nccl`): one process per GPU,
+//! started as torchrun or a Kubernetes indexed Job starts them, with `WORLD_SIZE`, `RANK`
+//! (or `JOB_COMPLETION_INDEX`) and `LOCAL_RANK` in the environment; rank 0 hands the NCCL id
+//! to the others through `SPADE_NCCL_ID_FILE` (default: `nccl_id` in the experiment folder).
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use candle_core::Device;
 use clap::Parser;
+use spade_model::collective::Collective;
 use spade_model::model::parse_device;
 use spade_model::train::options::TrainOptions;
 use spade_model::train::run::train;
@@ -18,14 +25,72 @@ fn device(gpu_ids: &str) -> Result<Device> {
         id if id.parse::<usize>().is_ok() => parse_device(&format!("cuda:{id}")),
         other => Err(Error::config(
             "gpu_ids",
-            format!("`{other}`: give one GPU id per process (or -1 for the CPU)"),
+            format!(
+                "`{other}`: give one GPU id per process (or -1 for the CPU); for several GPUs \
+                 start one process per GPU with WORLD_SIZE / RANK / LOCAL_RANK set"
+            ),
         )),
     }
 }
 
+fn env_number(names: &[&str]) -> Result<Option<usize>> {
+    for name in names {
+        if let Ok(value) = std::env::var(name) {
+            let parsed = value
+                .parse()
+                .map_err(|_| Error::config(*name, format!("`{value}` is not a number")))?;
+            return Ok(Some(parsed));
+        }
+    }
+    Ok(None)
+}
+
+/// The device and data-parallel group this process trains with.
+fn setup(options: &TrainOptions) -> Result<(Device, Option<Arc<dyn Collective>>)> {
+    let world = env_number(&["WORLD_SIZE"])?.unwrap_or(1);
+    if world <= 1 {
+        return Ok((device(&options.gpu_ids)?, None));
+    }
+    let rank = env_number(&["RANK", "JOB_COMPLETION_INDEX"])?.unwrap_or(0);
+    let local_rank = env_number(&["LOCAL_RANK"])?.unwrap_or(rank);
+    join_group(options, rank, local_rank, world)
+}
+
+#[cfg(feature = "nccl")]
+fn join_group(
+    options: &TrainOptions,
+    rank: usize,
+    local_rank: usize,
+    world: usize,
+) -> Result<(Device, Option<Arc<dyn Collective>>)> {
+    let device = parse_device(&format!("cuda:{local_rank}"))?;
+    let id_file = std::env::var_os("SPADE_NCCL_ID_FILE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| options.experiment_dir().join("nccl_id"));
+    if rank == 0 {
+        std::fs::create_dir_all(options.experiment_dir())
+            .map_err(|e| Error::io(&options.experiment_dir(), e))?;
+    }
+    let group = spade_model::collective::Nccl::join(&device, rank, world, &id_file)?;
+    Ok((device, Some(Arc::new(group))))
+}
+
+#[cfg(not(feature = "nccl"))]
+fn join_group(
+    _options: &TrainOptions,
+    _rank: usize,
+    _local_rank: usize,
+    world: usize,
+) -> Result<(Device, Option<Arc<dyn Collective>>)> {
+    Err(Error::config(
+        "WORLD_SIZE",
+        format!("{world} ranks requested, but this trainer was built without the `nccl` feature"),
+    ))
+}
+
 fn main() -> ExitCode {
     let options = TrainOptions::parse();
-    let result = device(&options.gpu_ids).and_then(|device| train(&options, &device));
+    let result = setup(&options).and_then(|(device, group)| train(&options, &device, group));
     match result {
         Ok(summary) => {
             eprintln!(

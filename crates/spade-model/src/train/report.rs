@@ -35,6 +35,8 @@ pub struct LossRecord {
 }
 
 pub struct Reporter {
+    /// Off on every data-parallel rank but the first: they train, rank 0 reports.
+    enabled: bool,
     web: PathBuf,
     log_path: PathBuf,
     history: Vec<LossRecord>,
@@ -46,11 +48,22 @@ impl Reporter {
     /// Continues an existing log up to `total_steps` (records of iterations after the
     /// checkpoint being resumed are dropped: they will be run again).
     pub fn new(
+        enabled: bool,
         experiment: &Path,
         total_iterations: u64,
         done: u64,
         total_steps: usize,
     ) -> Result<Self> {
+        if !enabled {
+            return Ok(Self {
+                enabled,
+                web: PathBuf::new(),
+                log_path: PathBuf::new(),
+                history: Vec::new(),
+                grids: Vec::new(),
+                progress: ProgressBar::hidden(),
+            });
+        }
         let web = experiment.join("web");
         let images = web.join("images");
         std::fs::create_dir_all(&images).map_err(|e| Error::io(&images, e))?;
@@ -79,6 +92,7 @@ impl Reporter {
         );
         progress.set_position(done);
         let reporter = Self {
+            enabled,
             web,
             log_path,
             history,
@@ -107,6 +121,9 @@ impl Reporter {
 
     /// A line for the user: above the bar on a terminal, on stderr otherwise.
     pub fn say(&self, line: &str) {
+        if !self.enabled {
+            return;
+        }
         if self.progress.is_hidden() {
             eprintln!("{line}");
         } else {
@@ -116,6 +133,9 @@ impl Reporter {
 
     /// Appends to `loss_log.jsonl`, shows the losses, and refreshes the plots.
     pub fn log(&mut self, record: LossRecord) -> Result<()> {
+        if !self.enabled {
+            return Ok(());
+        }
         let mut line = serde_json::to_string(&record).expect("record serialises");
         line.push('\n');
         std::fs::OpenOptions::new()
@@ -148,6 +168,9 @@ impl Reporter {
         fake: &Tensor,
         real: &Tensor,
     ) -> Result<()> {
+        if !self.enabled {
+            return Ok(());
+        }
         let fakes = to_rgb8(fake)?;
         let reals = to_rgb8(real)?;
         let rows: Vec<[Raster<u8>; 3]> = labels

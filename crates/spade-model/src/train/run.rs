@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
@@ -19,6 +20,7 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{pth_write, write_atomically};
+use crate::collective::Collective;
 use crate::error::{Error, Result};
 use crate::model::standard_normal;
 use crate::train::dataset::Dataset;
@@ -52,29 +54,43 @@ pub struct Summary {
     pub last_losses: BTreeMap<String, f32>,
 }
 
-pub fn train(options: &TrainOptions, device: &Device) -> Result<Summary> {
+/// Trains as rank `group.rank()` of a data-parallel group (alone without one): each rank
+/// takes its slice of every global batch of `batchSize x world size` samples; rank 0 alone
+/// writes checkpoints, logs and grids.
+pub fn train(
+    options: &TrainOptions,
+    device: &Device,
+    group: Option<Arc<dyn Collective>>,
+) -> Result<Summary> {
+    let (rank, world) = group
+        .as_ref()
+        .map_or((0, 1), |g| (g.rank(), g.world_size()));
+    let is_main = rank == 0;
     let config = options.resolve()?;
     let experiment = options.experiment_dir();
     std::fs::create_dir_all(&experiment).map_err(|e| Error::io(&experiment, e))?;
     Save::recover(&experiment)?;
     let dataset = Dataset::open(options, &config.model)?;
-    let batches = dataset.len() / options.batch_size;
+    let batches = dataset.len() / (options.batch_size * world);
     if batches == 0 {
         return Err(Error::input(
             "dataset",
             format!(
-                "{} samples make no complete batch of batchSize {}",
+                "{} samples make no complete batch of batchSize {} x {world} ranks",
                 dataset.len(),
                 options.batch_size
             ),
         ));
     }
-    let (mut trainer, mut position) = start(options, &config, &experiment, batches, device)?;
-    write_opt_txt(options, &config, &experiment)?;
+    let (mut trainer, mut position) = start(options, &config, &experiment, batches, device, group)?;
+    if is_main {
+        write_opt_txt(options, &config, &experiment)?;
+    }
 
     let total_epochs = config.niter + config.niter_decay;
     let total_iterations = (total_epochs * batches) as u64;
     let mut reporter = Reporter::new(
+        is_main,
         &experiment,
         total_iterations,
         position.iterations,
@@ -96,8 +112,9 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<Summary> {
     while position.epoch <= total_epochs {
         let epoch = position.epoch;
         let order = epoch_order(options, dataset.len(), epoch);
-        for i in position.epoch_iter / bs..batches {
-            let indices: Vec<(usize, u64)> = order[i * bs..(i + 1) * bs]
+        for i in position.epoch_iter / (bs * world)..batches {
+            let first = (i * world + rank) * bs;
+            let indices: Vec<(usize, u64)> = order[first..first + bs]
                 .iter()
                 .map(|&idx| {
                     (
@@ -112,7 +129,7 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<Summary> {
                 if !config.model.use_vae {
                     return Ok(None);
                 }
-                let seed = derive_seed(options.seed, &[2, position.iterations, pass]);
+                let seed = derive_seed(options.seed, &[2, position.iterations, pass, rank as u64]);
                 Ok(Some(standard_normal(seed, bs, config.model.z_dim, device)?))
             };
             let mut losses = BTreeMap::new();
@@ -126,13 +143,13 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<Summary> {
             check_finite(&losses, &position)?;
             last_losses.extend(losses);
 
-            position.epoch_iter += bs;
-            position.total_steps += bs;
+            position.epoch_iter += bs * world;
+            position.total_steps += bs * world;
             position.iterations += 1;
-            interval.1 += bs;
+            interval.1 += bs * world;
             reporter.tick();
 
-            if position.total_steps % options.print_freq < bs {
+            if position.total_steps % options.print_freq < bs * world {
                 reporter.log(LossRecord {
                     epoch,
                     epoch_iter: position.epoch_iter,
@@ -143,7 +160,7 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<Summary> {
                 })?;
                 interval = (Instant::now(), 0);
             }
-            if position.total_steps % options.display_freq < bs {
+            if position.total_steps % options.display_freq < bs * world {
                 if let Some(fake) = &latest_fake {
                     reporter.display(
                         epoch,
@@ -154,7 +171,7 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<Summary> {
                     )?;
                 }
             }
-            if position.total_steps % options.save_latest_freq < bs {
+            if is_main && position.total_steps % options.save_latest_freq < bs * world {
                 reporter.say(&format!(
                     "saving the latest model (epoch {epoch}, total_steps {})",
                     position.total_steps
@@ -165,7 +182,7 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<Summary> {
         trainer.update_learning_rate(epoch);
         position.epoch += 1;
         position.epoch_iter = 0;
-        if epoch % options.save_epoch_freq == 0 || epoch == total_epochs {
+        if is_main && (epoch % options.save_epoch_freq == 0 || epoch == total_epochs) {
             reporter.say(&format!("saving the model at the end of epoch {epoch}"));
             save(
                 &trainer,
@@ -232,7 +249,9 @@ fn start(
     experiment: &Path,
     batches: usize,
     device: &Device,
+    group: Option<Arc<dyn Collective>>,
 ) -> Result<(Trainer, Position)> {
+    let world = group.as_ref().map_or(1, |g| g.world_size());
     let vgg = options.vgg_weights.as_deref();
     if !options.continue_train {
         let trainer = Trainer::new(
@@ -241,6 +260,7 @@ fn start(
             vgg,
             device,
             DType::F32,
+            group,
         )?;
         let position = Position {
             epoch: 1,
@@ -260,6 +280,7 @@ fn start(
         vgg,
         device,
         DType::F32,
+        group,
     )?;
     let state_path = experiment.join(STATE_FILE);
     let position = if epoch == "latest" && state_path.is_file() {
@@ -268,7 +289,7 @@ fn start(
             Error::checkpoint(&state_path, format!("unreadable training state: {e}"))
         })?
     } else {
-        official_position(experiment, batches, options.batch_size)?
+        official_position(experiment, batches, options.batch_size * world)?
     };
     let optim = experiment.join(format!("{epoch}_optim.safetensors"));
     if optim.is_file() {

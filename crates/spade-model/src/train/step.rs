@@ -5,10 +5,12 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor};
 
+use crate::collective::{AllReduce, Collective};
 use crate::discriminator::MultiscaleDiscriminator;
 use crate::encoder::{reparameterize, Encoder};
 use crate::error::{Error, Result};
@@ -72,6 +74,8 @@ pub struct Trainer {
     pub optimizer_g: Adam,
     pub optimizer_d: Adam,
     device: Device,
+    /// Data-parallel ranks whose gradients are averaged with ours.
+    group: Option<AllReduce>,
 }
 
 /// How the networks get their first weights.
@@ -89,19 +93,21 @@ impl Trainer {
         vgg_weights: Option<&Path>,
         device: &Device,
         dtype: DType,
+        group: Option<Arc<dyn Collective>>,
     ) -> Result<Self> {
         let model = &config.model;
+        let mode = Mode::Train(group.clone());
         let generator_state = NetworkState::new("G", device, dtype);
-        let generator = Generator::with_mode(model, Mode::Train, generator_state.var_builder())?;
+        let generator = Generator::with_mode(model, &mode, generator_state.var_builder())?;
         let discriminator_state = NetworkState::new("D", device, dtype);
         let discriminator = MultiscaleDiscriminator::new(
             &config.discriminator,
-            Mode::Train,
+            &mode,
             discriminator_state.var_builder(),
         )?;
         let (encoder_state, encoder) = if model.use_vae {
             let state = NetworkState::new("E", device, dtype);
-            let encoder = Encoder::with_mode(model, Mode::Train, state.var_builder())?;
+            let encoder = Encoder::with_mode(model, &mode, state.var_builder())?;
             (Some(state), Some(encoder))
         } else {
             (None, None)
@@ -161,7 +167,34 @@ impl Trainer {
             encoder,
             vgg,
             device: device.clone(),
+            group: group.map(AllReduce),
         })
+    }
+
+    /// Ranks training together (1 without a group).
+    pub fn world_size(&self) -> usize {
+        self.group.as_ref().map_or(1, |g| g.0.world_size())
+    }
+
+    /// Replaces every parameter gradient by its mean over the ranks, parameter by parameter
+    /// in name order (the same order on every rank).
+    fn average_gradients(&self, grads: &mut GradStore, states: &[&NetworkState]) -> Result<()> {
+        let Some(group) = &self.group else {
+            return Ok(());
+        };
+        let world = group.0.world_size() as f64;
+        for state in states {
+            for (name, var) in state.parameters() {
+                let grad = grads.remove(var.as_tensor()).ok_or_else(|| {
+                    Error::input(
+                        "gradients",
+                        format!("{}.{name} got no gradient", state.label),
+                    )
+                })?;
+                grads.insert(var.as_tensor(), (group.apply(&grad)? / world)?);
+            }
+        }
+        Ok(())
     }
 
     pub fn device(&self) -> &Device {
@@ -254,9 +287,15 @@ impl Trainer {
             ));
         }
         if let Some((mu, logvar)) = &style {
-            terms.push(("KLD", loss::kl_divergence(mu, logvar, cfg.lambda_kld)?));
+            // Summed over the batch, not averaged: each rank's share counts world-size times
+            // in the mean over ranks that the gradient averaging takes.
+            let kld = loss::kl_divergence(mu, logvar, cfg.lambda_kld)?;
+            terms.push(("KLD", (kld * self.world_size() as f64)?));
         }
-        let grads = backward(&terms)?;
+        let mut grads = backward(&terms)?;
+        let mut states = vec![&self.generator_state];
+        states.extend(self.encoder_state.as_ref());
+        self.average_gradients(&mut grads, &states)?;
         let mut named = gradients(&grads, &self.generator_state);
         if let Some(e) = &self.encoder_state {
             named.extend(gradients(&grads, e));
@@ -298,7 +337,8 @@ impl Trainer {
             ("D_Fake", gan.loss(&pred_fake, Target::Fake)?),
             ("D_real", gan.loss(&pred_real, Target::Real)?),
         ];
-        let grads = backward(&terms)?;
+        let mut grads = backward(&terms)?;
+        self.average_gradients(&mut grads, &[&self.discriminator_state])?;
         let named = gradients(&grads, &self.discriminator_state);
         self.optimizer_d.step(&grads)?;
         Ok(DiscriminatorStep {

@@ -1,0 +1,325 @@
+//! Element-wise ops of the networks as single CPU passes with hand-written gradients:
+//! `leaky_relu(0.2)` and the parameter-free normalisations (instance norm, train-mode batch
+//! norm). Built from candle primitives each costs five to seven ops forward and twice that
+//! backward, every one allocating a full-size tensor; they dominated training steps once the
+//! convolutions were fast. Other devices and dtypes keep the candle formulation.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+/// `F.leaky_relu(x, 0.2)`; the gradient is `dy` where `x > 0`, else `0.2 dy` (PyTorch's).
+pub fn leaky_relu(x: &Tensor) -> candle_core::Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+        x.contiguous()?.apply_op1(LeakyRelu)
+    } else {
+        candle_nn::ops::leaky_relu(x, f64::from(SLOPE))
+    }
+}
+
+const SLOPE: f32 = 0.2;
+
+fn slice<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    what: &str,
+) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        candle_core::bail!("{what} takes f32");
+    };
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg(format!("{what} takes contiguous tensors")))?;
+    Ok(&data[start..end])
+}
+
+struct LeakyRelu;
+
+impl CustomOp1 for LeakyRelu {
+    fn name(&self) -> &'static str {
+        "leaky-relu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = slice(s, l, "leaky-relu")?;
+        let y = x
+            .par_iter()
+            .map(|&v| if v > 0.0 { v } else { SLOPE * v })
+            .collect();
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(dy.contiguous()?.apply_op2_no_bwd(x, &LeakyReluGrad)?))
+    }
+}
+
+struct LeakyReluGrad;
+
+impl CustomOp2 for LeakyReluGrad {
+    fn name(&self) -> &'static str {
+        "leaky-relu-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        gs: &CpuStorage,
+        gl: &Layout,
+        xs: &CpuStorage,
+        xl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (dy, x) = (slice(gs, gl, "leaky-relu")?, slice(xs, xl, "leaky-relu")?);
+        let dx = dy
+            .par_iter()
+            .zip(x.par_iter())
+            .map(|(&g, &v)| if v > 0.0 { g } else { SLOPE * g })
+            .collect();
+        Ok((CpuStorage::F32(dx), gl.shape().clone()))
+    }
+}
+
+/// Which elements share their statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Statistics {
+    /// Per sample and channel, over H x W (instance norm).
+    Instance,
+    /// Per channel, over N x H x W (train-mode batch norm).
+    Batch,
+}
+
+/// `(x - mean) / sqrt(var + eps)` with the biased variance over the groups of `stats`.
+/// The gradient is `(dy - mean(dy) - y * mean(dy * y)) / sqrt(var + eps)` per group.
+pub fn normalize(x: &Tensor, stats: Statistics, eps: f64) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op1(Normalize { stats, eps })
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Normalize {
+    stats: Statistics,
+    eps: f64,
+}
+
+impl Normalize {
+    /// Plane `p` (of `n * c` planes) belongs to group...
+    fn group_of(&self, plane: usize, channels: usize) -> usize {
+        match self.stats {
+            Statistics::Instance => plane,
+            Statistics::Batch => plane % channels,
+        }
+    }
+
+    fn groups(&self, n: usize, c: usize) -> usize {
+        match self.stats {
+            Statistics::Instance => n * c,
+            Statistics::Batch => c,
+        }
+    }
+
+    /// `(sum of f(plane element), count)` per group, accumulated in f64.
+    fn per_group(&self, dims: [usize; 4], f: impl Fn(usize, usize) -> f64 + Sync) -> Vec<f64> {
+        let [n, c, h, w] = dims;
+        let plane = h * w;
+        (0..self.groups(n, c))
+            .into_par_iter()
+            .map(|g| {
+                let planes: Vec<usize> = match self.stats {
+                    Statistics::Instance => vec![g],
+                    Statistics::Batch => (0..n).map(|i| i * c + g).collect(),
+                };
+                planes
+                    .iter()
+                    .map(|&p| (0..plane).map(|i| f(p, p * plane + i)).sum::<f64>())
+                    .sum::<f64>()
+            })
+            .collect()
+    }
+
+    fn count(&self, dims: [usize; 4]) -> f64 {
+        let [n, _, h, w] = dims;
+        (match self.stats {
+            Statistics::Instance => h * w,
+            Statistics::Batch => n * h * w,
+        }) as f64
+    }
+
+    /// Mean and `1 / sqrt(var + eps)` per group.
+    fn moments(&self, x: &[f32], dims: [usize; 4]) -> (Vec<f64>, Vec<f64>) {
+        let count = self.count(dims);
+        let mean: Vec<f64> = self
+            .per_group(dims, |_, i| f64::from(x[i]))
+            .into_iter()
+            .map(|s| s / count)
+            .collect();
+        let c = dims[1];
+        let inv_std = self
+            .per_group(dims, |p, i| {
+                (f64::from(x[i]) - mean[self.group_of(p, c)]).powi(2)
+            })
+            .into_iter()
+            .map(|s| 1.0 / (s / count + self.eps).sqrt())
+            .collect();
+        (mean, inv_std)
+    }
+}
+
+fn dims4(l: &Layout) -> candle_core::Result<[usize; 4]> {
+    match *l.dims() {
+        [n, c, h, w] => Ok([n, c, h, w]),
+        ref other => candle_core::bail!("normalisation takes N x C x H x W, got {other:?}"),
+    }
+}
+
+impl CustomOp1 for Normalize {
+    fn name(&self) -> &'static str {
+        "normalize"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = slice(s, l, "normalize")?;
+        let dims = dims4(l)?;
+        let (mean, inv_std) = self.moments(x, dims);
+        let plane = dims[2] * dims[3];
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(plane).enumerate().for_each(|(p, out)| {
+            let g = self.group_of(p, dims[1]);
+            for (o, &v) in out.iter_mut().zip(&x[p * plane..(p + 1) * plane]) {
+                *o = ((f64::from(v) - mean[g]) * inv_std[g]) as f32;
+            }
+        });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, y: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(x.apply_op3_no_bwd(y, &dy.contiguous()?, self)?))
+    }
+}
+
+/// The gradient, as an op of `(x, y, dy)`.
+impl CustomOp3 for Normalize {
+    fn name(&self) -> &'static str {
+        "normalize-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ys: &CpuStorage,
+        yl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = slice(xs, xl, "normalize")?;
+        let y = slice(ys, yl, "normalize")?;
+        let dy = slice(gs, gl, "normalize")?;
+        let dims = dims4(xl)?;
+        let (_, inv_std) = self.moments(x, dims);
+        let count = self.count(dims);
+        let mean_dy: Vec<f64> = self
+            .per_group(dims, |_, i| f64::from(dy[i]))
+            .into_iter()
+            .map(|s| s / count)
+            .collect();
+        let mean_dy_y: Vec<f64> = self
+            .per_group(dims, |_, i| f64::from(dy[i]) * f64::from(y[i]))
+            .into_iter()
+            .map(|s| s / count)
+            .collect();
+        let plane = dims[2] * dims[3];
+        let mut dx = vec![0f32; x.len()];
+        dx.par_chunks_mut(plane).enumerate().for_each(|(p, out)| {
+            let g = self.group_of(p, dims[1]);
+            let range = p * plane..(p + 1) * plane;
+            for ((o, &gy), &yy) in out.iter_mut().zip(&dy[range.clone()]).zip(&y[range]) {
+                *o = ((f64::from(gy) - mean_dy[g] - f64::from(yy) * mean_dy_y[g]) * inv_std[g])
+                    as f32;
+            }
+        });
+        Ok((CpuStorage::F32(dx), xl.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, Var, D};
+
+    fn reference_normalize(x: &Tensor, stats: Statistics) -> Tensor {
+        let dims: &[usize] = match stats {
+            Statistics::Instance => &[2, 3],
+            Statistics::Batch => &[0, 2, 3],
+        };
+        let mut mean = x.clone();
+        for &d in dims.iter().rev() {
+            mean = mean.mean_keepdim(d).unwrap();
+        }
+        let centered = x.broadcast_sub(&mean).unwrap();
+        let mut var = centered.sqr().unwrap();
+        for &d in dims.iter().rev() {
+            var = var.mean_keepdim(d).unwrap();
+        }
+        centered
+            .broadcast_div(&(var + 1e-5).unwrap().sqrt().unwrap())
+            .unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(D::Minus1)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    }
+
+    /// Forward and gradient against the same formula in candle ops, in float64.
+    #[test]
+    fn fused_ops_match_candle_formulations() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(1.5f32, 3., (3, 4, 5, 6), &dev).unwrap();
+        let probe = Tensor::randn(0f32, 1., (3, 4, 5, 6), &dev).unwrap();
+        let x64 = x.to_dtype(DType::F64).unwrap();
+        let probe64 = probe.to_dtype(DType::F64).unwrap();
+        type Op = fn(&Tensor) -> Tensor;
+        let cases: [(&str, Op, Op); 3] = [
+            (
+                "leaky_relu",
+                |t| leaky_relu(t).unwrap(),
+                |t| candle_nn::ops::leaky_relu(t, 0.2).unwrap(),
+            ),
+            (
+                "instance",
+                |t| normalize(t, Statistics::Instance, 1e-5).unwrap(),
+                |t| reference_normalize(t, Statistics::Instance),
+            ),
+            (
+                "batch",
+                |t| normalize(t, Statistics::Batch, 1e-5).unwrap(),
+                |t| reference_normalize(t, Statistics::Batch),
+            ),
+        ];
+        for (name, ours, theirs) in cases {
+            let (v, v64) = (
+                Var::from_tensor(&x).unwrap(),
+                Var::from_tensor(&x64).unwrap(),
+            );
+            let (a, b) = (ours(v.as_tensor()), theirs(v64.as_tensor()));
+            assert!(max_diff(&a, &b) < 1e-5, "{name}: forward");
+            let ga = (a * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            let gb = (b * &probe64)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let err = max_diff(
+                ga.get(v.as_tensor()).unwrap(),
+                gb.get(v64.as_tensor()).unwrap(),
+            );
+            assert!(err < 1e-5, "{name}: gradient error {err}");
+        }
+    }
+}
