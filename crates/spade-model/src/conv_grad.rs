@@ -11,7 +11,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use crate::kernels::{convolve_image, im2col, nchw, rows_per_tile, ConvShape};
+use crate::kernels::{convolve_image, for_each_tap_row, im2col, nchw, rows_per_tile, ConvShape};
 
 /// `conv2d(x, w)` (no bias) with stride and padding; `x`: N x C x H x W, `w`: O x C x k x k.
 #[derive(Debug, Clone, Copy)]
@@ -252,29 +252,17 @@ fn col2im(
     wo: usize,
     dx: &mut [f32],
 ) {
-    let k = s.kernel;
     let pixels = rows * wo;
     dx.par_chunks_mut(h * w)
-        .zip(dcols.par_chunks(k * k * pixels))
+        .zip(dcols.par_chunks(s.kernel * s.kernel * pixels))
         .for_each(|(plane, channel_cols)| {
-            for ky in 0..k {
-                for kx in 0..k {
-                    let row = &channel_cols[(ky * k + kx) * pixels..(ky * k + kx + 1) * pixels];
-                    for r in 0..rows {
-                        let iy = ((y0 + r) * s.stride + ky) as isize - s.padding as isize;
-                        if iy < 0 || iy >= h as isize {
-                            continue;
-                        }
-                        let dst = &mut plane[iy as usize * w..(iy as usize + 1) * w];
-                        for (ox, &v) in row[r * wo..(r + 1) * wo].iter().enumerate() {
-                            let ix = (ox * s.stride + kx) as isize - s.padding as isize;
-                            if ix >= 0 && ix < w as isize {
-                                dst[ix as usize] += v;
-                            }
-                        }
-                    }
+            for_each_tap_row(s, (h, w), y0, rows, wo, |tap, r, iy, oxs, ix0| {
+                let src = &channel_cols[tap * pixels + r * wo..];
+                let dst = &mut plane[iy * w + ix0..];
+                for (j, ox) in oxs.enumerate() {
+                    dst[j * s.stride] += src[ox];
                 }
-            }
+            });
         });
 }
 

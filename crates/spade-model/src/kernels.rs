@@ -172,6 +172,41 @@ pub(crate) fn convolve_image(
     }
 }
 
+/// Which output columns of a tile row a kernel tap reads from inside the image: for tap
+/// `(ky, kx)` and output row `r`, input row `iy` and the output columns `ox` whose input
+/// column `ix0 + (ox - start) * stride` is not padding. `visit(tap, r, iy, ox_range, ix0)` is
+/// called for every (tap, row) with its input row inside the image; everything else reads
+/// padding (zeros).
+pub(crate) fn for_each_tap_row(
+    s: &ConvShape,
+    (h, w): (usize, usize),
+    y0: usize,
+    rows: usize,
+    wo: usize,
+    mut visit: impl FnMut(usize, usize, usize, std::ops::Range<usize>, usize),
+) {
+    let k = s.kernel;
+    for ky in 0..k {
+        for kx in 0..k {
+            // ix = ox * stride + kx - padding must lie in [0, w).
+            let first = s.padding.saturating_sub(kx).div_ceil(s.stride);
+            let end = ((w + s.padding).saturating_sub(kx))
+                .div_ceil(s.stride)
+                .min(wo);
+            if first >= end {
+                continue;
+            }
+            let ix0 = first * s.stride + kx - s.padding;
+            for r in 0..rows {
+                let iy = ((y0 + r) * s.stride + ky) as isize - s.padding as isize;
+                if (0..h as isize).contains(&iy) {
+                    visit(ky * k + kx, r, iy as usize, first..end, ix0);
+                }
+            }
+        }
+    }
+}
+
 /// Fills `cols` (`patch x (rows * wo)`) with the input patches of output rows `y0..y0+rows`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn im2col(
@@ -190,28 +225,14 @@ pub(crate) fn im2col(
         .enumerate()
         .for_each(|(c, channel_cols)| {
             let plane = &x[c * h * w..(c + 1) * h * w];
-            for ky in 0..k {
-                for kx in 0..k {
-                    let row = &mut channel_cols[(ky * k + kx) * pixels..(ky * k + kx + 1) * pixels];
-                    for r in 0..rows {
-                        let dst = &mut row[r * wo..(r + 1) * wo];
-                        let iy = ((y0 + r) * s.stride + ky) as isize - s.padding as isize;
-                        if iy < 0 || iy >= h as isize {
-                            dst.fill(0.0);
-                            continue;
-                        }
-                        let src = &plane[iy as usize * w..(iy as usize + 1) * w];
-                        for (ox, v) in dst.iter_mut().enumerate() {
-                            let ix = (ox * s.stride + kx) as isize - s.padding as isize;
-                            *v = if ix >= 0 && ix < w as isize {
-                                src[ix as usize]
-                            } else {
-                                0.0
-                            };
-                        }
-                    }
+            channel_cols.fill(0.0);
+            for_each_tap_row(s, (h, w), y0, rows, wo, |tap, r, iy, oxs, ix0| {
+                let dst = &mut channel_cols[tap * pixels + r * wo..];
+                let src = &plane[iy * w + ix0..];
+                for (j, ox) in oxs.enumerate() {
+                    dst[ox] = src[j * s.stride];
                 }
-            }
+            });
         });
 }
 
