@@ -72,6 +72,16 @@ pub struct ConvSpec {
 }
 
 impl ConvSpec {
+    /// `out x in x k x k`.
+    pub fn weight_shape(&self) -> (usize, usize, usize, usize) {
+        (
+            self.out_channels,
+            self.in_channels,
+            self.kernel,
+            self.kernel,
+        )
+    }
+
     /// A stride-1 convolution padded to keep the spatial size, with bias, no spectral norm.
     pub fn same(in_channels: usize, out_channels: usize, kernel: usize) -> Self {
         Self {
@@ -122,12 +132,7 @@ impl Conv2d {
 
 /// The weight (spectral norm folded in) and bias of a convolution.
 fn conv_weights(spec: ConvSpec, vb: &VarBuilder) -> Result<(Tensor, Option<Tensor>)> {
-    let shape = (
-        spec.out_channels,
-        spec.in_channels,
-        spec.kernel,
-        spec.kernel,
-    );
+    let shape = spec.weight_shape();
     let weight = if spec.spectral {
         spectral_normalized(vb, shape)?
     } else {
@@ -286,12 +291,7 @@ pub struct TrainConv2d {
 
 impl TrainConv2d {
     fn new(spec: ConvSpec, vb: &VarBuilder) -> Result<Self> {
-        let shape = (
-            spec.out_channels,
-            spec.in_channels,
-            spec.kernel,
-            spec.kernel,
-        );
+        let shape = spec.weight_shape();
         let bias = if spec.bias {
             Some(vb.get(spec.out_channels, "bias")?)
         } else {
