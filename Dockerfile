@@ -6,7 +6,10 @@
 # SPADE_DEVICES, SPADE_WORKERS_PER_DEVICE, SPADE_MAX_BATCH_SIZE, SPADE_MAX_BATCH_DELAY_MS,
 # SPADE_MAX_QUEUE, SPADE_REQUEST_TIMEOUT, SPADE_API_KEYS / SPADE_API_KEY_FILE,
 # SPADE_MAX_BODY_BYTES, SPADE_MAX_PIXELS, SPADE_CORS_ORIGINS, SPADE_SHUTDOWN_GRACE.
-# Volumes: /models (checkpoint folders or converted .safetensors files, read-only).
+# Volumes: /models (checkpoint folders or converted .safetensors files, read-only) for the
+# server; /data (datasets in the official layouts, VGG19 weights) and /checkpoints for
+# `trainer` (see deploy/training). Trainer environment for data-parallel runs: WORLD_SIZE,
+# RANK / JOB_COMPLETION_INDEX, LOCAL_RANK and the NCCL id file (see README, Training).
 ARG VARIANT=cpu
 ARG RUST_VERSION=1.95
 ARG CUDA_VERSION=11.8.0
@@ -65,7 +68,7 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends curl ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin spade \
-    && mkdir -p /models && chown spade /models
+    && mkdir -p /models /data /checkpoints && chown spade /models /checkpoints
 COPY --from=build /out/spade-server /out/spade /out/trainer /usr/local/bin/
 ENV SPADE_LISTEN=0.0.0.0:8080 \
     RUST_LOG=info
