@@ -71,8 +71,12 @@ def main():
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--layout", choices=["nchw", "channels_last"], nargs="+", default=["nchw", "channels_last"])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--dtype", choices=["f32", "bf16", "f16"], default="f32")
     args = parser.parse_args()
     torch.manual_seed(0)
+    dtype = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}[args.dtype]
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     model = Generator().eval()
     with torch.no_grad():
         for m in model.modules():
@@ -82,20 +86,23 @@ def main():
     print(f"pytorch {torch.__version__}, {torch.get_num_threads()} threads, {params / 1e6:.1f} M parameters")
     for layout in args.layout:
         fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-        net = model.to(memory_format=fmt)
+        net = model.to(device=args.device, dtype=dtype, memory_format=fmt)
         for n in args.batch:
             labels = torch.randint(0, 183, (n, 1, 256, 256))
-            seg = torch.zeros(n, 184, 256, 256).scatter_(1, labels, 1.0).to(memory_format=fmt)
+            seg = torch.zeros(n, 184, 256, 256).scatter_(1, labels, 1.0)
+            seg = seg.to(device=args.device, dtype=dtype, memory_format=fmt)
             with torch.no_grad():
                 net(seg)
+                sync()
                 times = []
                 for _ in range(args.iters):
                     start = time.perf_counter()
                     net(seg)
+                    sync()
                     times.append(time.perf_counter() - start)
             times.sort()
             median = times[len(times) // 2]
-            print(f"pytorch {layout} batch {n}: {median:.3f} s/batch -> {n / median:.3f} images/s")
+            print(f"pytorch {args.device} {args.dtype} {layout} batch {n}: {median:.3f} s/batch -> {n / median:.3f} images/s")
 
 
 if __name__ == "__main__":

@@ -27,22 +27,27 @@ pub struct Args {
     /// `cpu` or `cuda:N`.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Compute precision: f32, or f16 / bf16 (meant for GPUs).
+    #[arg(long, default_value = "f32")]
+    dtype: String,
 }
 
 pub fn run(args: Args) -> Result<()> {
     let device = crate::parse_device(&args.device)?;
     let config = Config::official(&args.arch)?;
-    let (generator, params) = random_generator(&config, &device)?;
-    let semantics = random_semantics(&config, args.batch, &device)?;
+    let dtype = spade_model::model::parse_dtype(&args.dtype)?;
+    let (generator, params) = random_generator(&config, &device, dtype)?;
+    let semantics = random_semantics(&config, args.batch, &device)?.to_dtype(dtype)?;
     let (h, w) = config.output_size();
     println!(
-        "arch {} ({} input channels, ngf {}, {h}x{w}), {:.1} M parameters, batch {}, device {}",
+        "arch {} ({} input channels, ngf {}, {h}x{w}), {:.1} M parameters, batch {}, device {}, {}",
         args.arch,
         config.semantic_nc(),
         config.ngf,
         params as f64 / 1e6,
         args.batch,
-        args.device
+        args.device,
+        args.dtype
     );
 
     run_once(&generator, &semantics)?; // warm-up: allocations, lazy initialisation
@@ -89,17 +94,21 @@ fn run_once(
         let _ = t
             .flatten_all()
             .and_then(|t| t.get(0))
+            .and_then(|t| t.to_dtype(DType::F32))
             .and_then(|t| t.to_scalar::<f32>());
         times.push((name.to_string(), last.elapsed()));
         last = Instant::now();
     })?;
-    out.flatten_all()?.get(0)?.to_scalar::<f32>()?;
+    out.flatten_all()?
+        .get(0)?
+        .to_dtype(DType::F32)?
+        .to_scalar::<f32>()?;
     times.push(("conv_img".to_string(), last.elapsed()));
     Ok((start.elapsed(), times))
 }
 
 /// The generator with N(0, 0.02) weights (unit running variances, so batch norm stays finite).
-fn random_generator(config: &Config, device: &Device) -> Result<(Generator, usize)> {
+fn random_generator(config: &Config, device: &Device, dtype: DType) -> Result<(Generator, usize)> {
     let varmap = VarMap::new();
     Generator::new(config, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
     let mut tensors = HashMap::new();
@@ -117,7 +126,7 @@ fn random_generator(config: &Config, device: &Device) -> Result<(Generator, usiz
         }
         tensors.insert(name.clone(), value);
     }
-    let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+    let vb = VarBuilder::from_tensors(tensors, dtype, device);
     let generator = Generator::new(config, vb).context("building the random generator")?;
     Ok((generator, params))
 }

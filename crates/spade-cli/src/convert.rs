@@ -19,7 +19,7 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let ckpt = Checkpoint::open(&args.checkpoint)?;
     // Build the networks once so a checkpoint that cannot run is never converted.
-    SpadeModel::from_checkpoint(&ckpt, &Device::Cpu)?;
+    SpadeModel::from_checkpoint(&ckpt, &Device::Cpu, candle_core::DType::F32)?;
     ckpt.save(&args.out)
         .with_context(|| format!("writing {}", args.out.display()))?;
     println!(

@@ -25,11 +25,14 @@ pub struct Args {
     /// `cpu` or `cuda:N`.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Compute precision: f32, or f16 / bf16 (meant for GPUs).
+    #[arg(long, default_value = "f32")]
+    dtype: String,
 }
 
 pub fn run(args: Args) -> Result<()> {
     let device = crate::parse_device(&args.device)?;
-    let model = SpadeModel::load(&args.checkpoint, &device)?;
+    let model = crate::load_model(&args.checkpoint, &device, &args.dtype)?;
     let image = match (&args.image, &args.image_npy) {
         (Some(path), _) => load_photo(&model, path)?,
         (None, Some(path)) => {

@@ -51,6 +51,21 @@ pub fn parse_device(spec: &str) -> Result<Device> {
     Ok(spade_model::model::parse_device(spec)?)
 }
 
+/// A checkpoint folder or converted file on `device`, computing in `dtype` (`f32`, `f16`, `bf16`).
+pub fn load_model(
+    path: &std::path::Path,
+    device: &Device,
+    dtype: &str,
+) -> Result<spade_model::SpadeModel> {
+    let dtype = spade_model::model::parse_dtype(dtype)?;
+    let checkpoint = spade_model::Checkpoint::open(path)?;
+    Ok(spade_model::SpadeModel::from_checkpoint(
+        &checkpoint,
+        device,
+        dtype,
+    )?)
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;

@@ -357,13 +357,15 @@ fn l2_normalize(x: &Tensor) -> candle_core::Result<Tensor> {
 /// `σ = u · (W v)` from the stored vectors (no power iteration).
 fn spectral_normalized(vb: &VarBuilder, shape: (usize, usize, usize, usize)) -> Result<Tensor> {
     let (out_c, in_c, kh, kw) = shape;
-    let orig = vb.get(shape, "weight_orig")?;
-    let u = vb.get(out_c, "weight_u")?;
-    let v = vb.get(in_c * kh * kw, "weight_v")?;
+    // sigma in float32 whatever the model's precision, from the float32 checkpoint values.
+    let f32 = vb.clone().set_dtype(DType::F32);
+    let orig = f32.get(shape, "weight_orig")?;
+    let u = f32.get(out_c, "weight_u")?;
+    let v = f32.get(in_c * kh * kw, "weight_v")?;
     let w = orig.reshape((out_c, in_c * kh * kw))?;
     let wv = w.matmul(&v.unsqueeze(1)?)?.squeeze(1)?;
     let sigma = (u * wv)?.sum_all()?.to_scalar::<f32>()?;
-    Ok((orig / f64::from(sigma).max(SPECTRAL_EPS))?)
+    Ok((orig / f64::from(sigma).max(SPECTRAL_EPS))?.to_dtype(vb.dtype())?)
 }
 
 /// A fully connected layer with bias (`nn.Linear`) whose output rows never depend on the
@@ -559,6 +561,10 @@ fn instance_norm(x: &Tensor) -> candle_core::Result<Tensor> {
     }
     if x.device().is_cpu() && x.dtype() == DType::F32 {
         return normalize(x, Statistics::Instance, NORM_EPS);
+    }
+    if x.dtype() != DType::F32 && x.dtype() != DType::F64 {
+        // Half-precision sums over a plane overflow or lose the mean: normalise in float32.
+        return instance_norm(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype());
     }
     let flat = x.reshape((n, c, h * w))?;
     let mean = flat.mean_keepdim(D::Minus1)?;

@@ -19,22 +19,31 @@ pub struct SpadeModel {
     pub generator: Generator,
     pub encoder: Option<Encoder>,
     pub device: Device,
+    /// What the networks compute in; inputs and outputs are float32 whatever it is.
+    pub dtype: DType,
 }
 
 impl SpadeModel {
     /// Loads a checkpoint folder or converted file onto `device` in float32.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        Self::from_checkpoint(&Checkpoint::open(path)?, device)
+        Self::from_checkpoint(&Checkpoint::open(path)?, device, DType::F32)
     }
 
-    pub fn from_checkpoint(ckpt: &Checkpoint, device: &Device) -> Result<Self> {
+    /// `dtype`: float32, or float16 / bfloat16 (half the memory; on GPUs, tensor cores).
+    pub fn from_checkpoint(ckpt: &Checkpoint, device: &Device, dtype: DType) -> Result<Self> {
+        if device.is_cpu() && dtype == DType::BF16 {
+            return Err(Error::config(
+                "dtype",
+                "bf16 needs a GPU (candle's CPU matrix products have no bfloat16); use f16 or f32",
+            ));
+        }
         let config = ckpt.config.clone();
         let g = &ckpt.generator;
         let generator =
-            Generator::new(&config, g.var_builder(DType::F32, device)).map_err(|e| g.context(e))?;
+            Generator::new(&config, g.var_builder(dtype, device)).map_err(|e| g.context(e))?;
         let encoder = match &ckpt.encoder {
             Some(e) => Some(
-                Encoder::new(&config, e.var_builder(DType::F32, device))
+                Encoder::new(&config, e.var_builder(dtype, device))
                     .map_err(|err| e.context(err))?,
             ),
             None => None,
@@ -44,14 +53,18 @@ impl SpadeModel {
             generator,
             encoder,
             device: device.clone(),
+            dtype,
         })
     }
 
     /// Semantics (N x semantic_nc x H x W) to images (N x 3 x h x w in [-1, 1]).
     pub fn synthesize(&self, semantics: &Tensor, z: Option<&Tensor>) -> Result<Tensor> {
-        let semantics = semantics.to_device(&self.device)?.to_dtype(DType::F32)?;
+        let semantics = semantics.to_device(&self.device)?.to_dtype(self.dtype)?;
         let z = z.map(|z| z.to_device(&self.device)).transpose()?;
-        self.generator.forward(&semantics, z.as_ref())
+        Ok(self
+            .generator
+            .forward(&semantics, z.as_ref())?
+            .to_dtype(DType::F32)?)
     }
 
     /// A photo batch (N x 3 x H x W in [-1, 1]) to `(mu, logvar)`.
@@ -62,7 +75,9 @@ impl SpadeModel {
                 "this model has no style encoder (no latest_net_E.pth / netE tensors)",
             )
         })?;
-        encoder.forward(&image.to_device(&self.device)?.to_dtype(DType::F32)?)
+        let (mu, logvar) =
+            encoder.forward(&image.to_device(&self.device)?.to_dtype(self.dtype)?)?;
+        Ok((mu.to_dtype(DType::F32)?, logvar.to_dtype(DType::F32)?))
     }
 
     /// The style vector the official test code would draw for a photo: `mu + eps * std`
@@ -77,6 +92,19 @@ impl SpadeModel {
     /// A random style vector per image, `N(0, 1)`, reproducible from `seed` on any device.
     pub fn random_z(&self, seed: u64, n: usize) -> Result<Tensor> {
         standard_normal(seed, n, self.config.z_dim, &self.device)
+    }
+}
+
+/// A compute precision from its command-line name: `f32`, `f16` or `bf16`.
+pub fn parse_dtype(spec: &str) -> Result<DType> {
+    match spec {
+        "f32" => Ok(DType::F32),
+        "f16" => Ok(DType::F16),
+        "bf16" => Ok(DType::BF16),
+        other => Err(Error::config(
+            "dtype",
+            format!("`{other}`: expected f32, f16 or bf16"),
+        )),
     }
 }
 

@@ -1,7 +1,7 @@
 //! SPADE: normalise the activations without parameters, then modulate them with a
 //! per-pixel scale and shift predicted from the segmentation map.
 
-use candle_core::{Module, Tensor};
+use candle_core::{DType, Module, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::config::Config;
@@ -32,7 +32,7 @@ impl Spade {
             mode,
             vb.pp("param_free_norm"),
         )?;
-        let fused = if vb.device().is_cpu() && !mode.is_train() {
+        let fused = if vb.device().is_cpu() && !mode.is_train() && vb.dtype() == DType::F32 {
             let norm = param_free_norm.plane_norm()?;
             let modulate = |leaky_relu| Modulate {
                 norm: norm.clone(),

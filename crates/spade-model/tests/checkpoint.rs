@@ -25,7 +25,7 @@ fn coco_opt() -> String {
 
 fn open_error(dir: &Path) -> String {
     let err = Checkpoint::open(dir)
-        .and_then(|c| SpadeModel::from_checkpoint(&c, &Device::Cpu))
+        .and_then(|c| SpadeModel::from_checkpoint(&c, &Device::Cpu, candle_core::DType::F32))
         .expect_err("must fail");
     err.to_string()
 }
@@ -85,7 +85,7 @@ fn missing_tensor_is_named() {
     ckpt.generator
         .tensors
         .remove("up_1.norm_0.mlp_gamma.weight");
-    let err = SpadeModel::from_checkpoint(&ckpt, &Device::Cpu)
+    let err = SpadeModel::from_checkpoint(&ckpt, &Device::Cpu, candle_core::DType::F32)
         .unwrap_err()
         .to_string();
     assert!(
@@ -99,7 +99,7 @@ fn wrong_shape_names_expected_and_actual() {
     let mut ckpt = Checkpoint::open(&case("gen_coco_eval")).unwrap();
     let bad = Tensor::zeros((64, 13, 3, 3), DType::F32, &Device::Cpu).unwrap();
     ckpt.generator.tensors.insert("fc.weight".into(), bad);
-    let err = SpadeModel::from_checkpoint(&ckpt, &Device::Cpu)
+    let err = SpadeModel::from_checkpoint(&ckpt, &Device::Cpu, candle_core::DType::F32)
         .unwrap_err()
         .to_string();
     assert!(

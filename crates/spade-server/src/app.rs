@@ -70,9 +70,11 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         .iter()
         .map(|d| spade_model::model::parse_device(d))
         .collect::<spade_model::Result<Vec<_>>>()?;
-    let (infos, weights) = tokio::task::spawn_blocking(move || models::load(&specs, &devices))
-        .await
-        .context("model loading thread")??;
+    let dtype = spade_model::model::parse_dtype(&config.dtype)?;
+    let (infos, weights) =
+        tokio::task::spawn_blocking(move || models::load(&specs, &devices, dtype))
+            .await
+            .context("model loading thread")??;
     let device_count = weights.len();
     start_with_engine(
         config,

@@ -33,6 +33,10 @@ pub struct ServerConfig {
     )]
     pub devices: Vec<String>,
 
+    /// Compute precision of the models: f32, or f16 / bf16 (half the memory; meant for GPUs).
+    #[arg(long, env = "SPADE_DTYPE", default_value = "f32")]
+    pub dtype: String,
+
     /// Worker threads per device, each running whole batches.
     #[arg(long, env = "SPADE_WORKERS_PER_DEVICE", default_value_t = 1)]
     pub workers_per_device: usize,

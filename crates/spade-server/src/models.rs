@@ -57,6 +57,7 @@ impl ModelInfo {
 pub fn load(
     specs: &[ModelSpec],
     devices: &[Device],
+    dtype: candle_core::DType,
 ) -> Result<(Vec<ModelInfo>, Vec<Vec<SpadeModel>>)> {
     let mut infos = Vec::new();
     let mut per_device: Vec<Vec<SpadeModel>> = devices.iter().map(|_| Vec::new()).collect();
@@ -64,7 +65,7 @@ pub fn load(
         let ckpt =
             Checkpoint::open(&spec.path).with_context(|| format!("model `{}`", spec.name))?;
         for (device, models) in devices.iter().zip(&mut per_device) {
-            let model = SpadeModel::from_checkpoint(&ckpt, device)
+            let model = SpadeModel::from_checkpoint(&ckpt, device, dtype)
                 .with_context(|| format!("model `{}` on {device:?}", spec.name))?;
             models.push(model);
         }

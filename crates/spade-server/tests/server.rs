@@ -657,7 +657,8 @@ impl Engine for Flaky {
 async fn a_panicking_batch_fails_alone_and_the_worker_is_replaced() {
     let cfg = config(&[("coco", "gen_coco_eval")]);
     let specs = cfg.model_specs().unwrap();
-    let (infos, weights) = spade_server::models::load(&specs, &[Device::Cpu]).unwrap();
+    let (infos, weights) =
+        spade_server::models::load(&specs, &[Device::Cpu], candle_core::DType::F32).unwrap();
     let engine = Arc::new(Flaky(ModelEngine::new(weights)));
     let server = spade_server::start_with_engine(cfg, infos, engine, 1)
         .await
