@@ -22,7 +22,12 @@ use spade_model::{Error, Result};
 fn device(gpu_ids: &str) -> Result<Device> {
     match gpu_ids.trim() {
         "-1" | "" => Ok(Device::Cpu),
-        id if id.parse::<usize>().is_ok() => parse_device(&format!("cuda:{id}")),
+        id if id.parse::<usize>().is_ok() => parse_device(&format!("cuda:{id}")).map_err(|e| {
+            Error::config(
+                "gpu_ids",
+                format!("GPU {id}: {e} (pass --gpu_ids -1 to train on the CPU)"),
+            )
+        }),
         other => Err(Error::config(
             "gpu_ids",
             format!(
