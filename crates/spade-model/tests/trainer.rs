@@ -383,7 +383,7 @@ fn broken_datasets_are_refused_with_the_file_named() {
         ])
     };
     let fails = |opts: TrainOptions, needle: &str| {
-        let err = spade_model::train::run::train(&opts, &Device::Cpu, None)
+        let err = spade_model::train::run::train(&opts, &Device::Cpu, None, None)
             .expect_err("must fail")
             .to_string();
         assert!(
@@ -472,4 +472,39 @@ fn training_manifests_use_real_trainer_options() {
             }
         }
     }
+}
+
+/// SIGTERM (a node drain, a rollout) makes the trainer finish its iteration, save `latest`
+/// and exit with 143, so the restarted pod loses no work.
+#[test]
+fn sigterm_saves_latest_before_exiting() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (labels, images) = make_dataset(tmp.path(), 6, 64);
+    let ckpt = tmp.path().join("checkpoints");
+    let mut args = small_run(&labels, &images, &ckpt, "drained");
+    args.extend(["--niter", "50", "--save_latest_freq", "1000000"].map(String::from));
+    let mut child = trainer_command(&args)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let log = ckpt.join("drained/loss_log.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !std::fs::read_to_string(&log).is_ok_and(|t| !t.is_empty()) {
+        assert!(Instant::now() < deadline, "no training progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(143), "exit status {status:?}");
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(ckpt.join("drained/train_state.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(state["iterations"].as_u64().unwrap() >= 2, "{state}");
+    assert!(ckpt.join("drained/latest_net_G.pth").is_file());
+    assert!(ckpt.join("drained/latest_optim.safetensors").is_file());
 }

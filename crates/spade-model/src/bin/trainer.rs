@@ -7,6 +7,7 @@
 //! to the others through `SPADE_NCCL_ID_FILE` (default: `nccl_id` in the experiment folder).
 
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use candle_core::Device;
@@ -93,18 +94,41 @@ fn join_group(
     ))
 }
 
+/// Set by SIGTERM and SIGINT: the run saves `latest` after the current iteration and exits.
+fn stop_flag() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, stop.clone())
+            .map_err(|e| Error::config("signals", format!("cannot install a handler: {e}")))?;
+    }
+    Ok(stop)
+}
+
 fn main() -> ExitCode {
     let options = TrainOptions::parse();
-    let result = setup(&options).and_then(|(device, group)| train(&options, &device, group));
+    let result = stop_flag().and_then(|stop| {
+        let (device, group) = setup(&options)?;
+        train(&options, &device, group, Some(&stop))
+    });
     match result {
         Ok(summary) => {
             eprintln!(
-                "finished: {} iterations in {:.1} s ({:.3} iterations/s)",
+                "{}: {} iterations in {:.1} s ({:.3} iterations/s)",
+                if summary.interrupted {
+                    "stopped"
+                } else {
+                    "finished"
+                },
                 summary.iterations,
                 summary.seconds,
                 summary.iterations as f64 / summary.seconds.max(1e-9)
             );
-            ExitCode::SUCCESS
+            if summary.interrupted {
+                // 128 + SIGTERM, so that a Job counts the pod as failed and runs it again.
+                ExitCode::from(143)
+            } else {
+                ExitCode::SUCCESS
+            }
         }
         Err(e) => {
             eprintln!("error: {e}");

@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -52,15 +53,22 @@ pub struct Summary {
     pub iterations: u64,
     pub seconds: f64,
     pub last_losses: BTreeMap<String, f32>,
+    /// Stopped early on request (`stop`), after saving `latest`.
+    pub interrupted: bool,
 }
 
 /// Trains as rank `group.rank()` of a data-parallel group (alone without one): each rank
 /// takes its slice of every global batch of `batchSize x world size` samples; rank 0 alone
 /// writes checkpoints, logs and grids.
+///
+/// When `stop` turns true (SIGTERM from a node drain, Ctrl-C), a single-process run finishes
+/// its iteration, saves `latest` and returns: a restarted job loses no work. Data-parallel
+/// ranks cannot stop together on one rank's signal and rely on the periodic saves.
 pub fn train(
     options: &TrainOptions,
     device: &Device,
     group: Option<Arc<dyn Collective>>,
+    stop: Option<&AtomicBool>,
 ) -> Result<Summary> {
     let (rank, world) = group
         .as_ref()
@@ -178,6 +186,20 @@ pub fn train(
                 ));
                 save(&trainer, &experiment, &["latest"], position)?;
             }
+            if world == 1 && stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
+                reporter.say(&format!(
+                    "stopping on request: saving the latest model (epoch {epoch}, total_steps {})",
+                    position.total_steps
+                ));
+                save(&trainer, &experiment, &["latest"], position)?;
+                reporter.finish();
+                return Ok(Summary {
+                    iterations: position.iterations - run_iterations_before,
+                    seconds: started.elapsed().as_secs_f64(),
+                    last_losses,
+                    interrupted: true,
+                });
+            }
         }
         trainer.update_learning_rate(epoch);
         position.epoch += 1;
@@ -197,6 +219,7 @@ pub fn train(
         iterations: position.iterations - run_iterations_before,
         seconds: started.elapsed().as_secs_f64(),
         last_losses,
+        interrupted: false,
     })
 }
 
