@@ -215,9 +215,7 @@ mod nccl {
             let id = if rank == 0 {
                 let id = Id::new().map_err(|e| fail(format!("{e:?}")))?;
                 let bytes: Vec<u8> = id.internal().iter().map(|&c| c as u8).collect();
-                crate::checkpoint::write_atomically(id_file, |tmp| {
-                    std::fs::write(tmp, &bytes).map_err(|e| Error::io(tmp, e))
-                })?;
+                crate::checkpoint::write_atomically(id_file, crate::checkpoint::bytes(&bytes))?;
                 id
             } else {
                 // An id file older than this rank is a previous run's: wait for the new one.

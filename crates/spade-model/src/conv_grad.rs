@@ -269,6 +269,7 @@ fn col2im(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::max_abs_diff;
     use candle_core::{DType, Device, Var};
 
     /// The forward against candle's conv2d, and both gradients through the adjoint
@@ -300,16 +301,7 @@ mod tests {
                 Var::from_tensor(&wt).unwrap(),
             );
             let ours = xv.as_tensor().apply_op2(wv.as_tensor(), conv).unwrap();
-            let forward_err = (ours.to_dtype(DType::F64).unwrap() - f64_conv(&x, &wt))
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap();
+            let forward_err = max_abs_diff(&ours, &f64_conv(&x, &wt));
             assert!(forward_err < 1e-4, "{case}: forward error {forward_err}");
 
             let probe = rand(ours.dims());

@@ -241,7 +241,8 @@ impl CustomOp3 for Normalize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{DType, Device, Var, D};
+    use crate::test_util::max_abs_diff;
+    use candle_core::{DType, Device, Var};
 
     fn reference_normalize(x: &Tensor, stats: Statistics) -> Tensor {
         let dims: &[usize] = match stats {
@@ -259,19 +260,6 @@ mod tests {
         }
         centered
             .broadcast_div(&(var + 1e-5).unwrap().sqrt().unwrap())
-            .unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-        (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(D::Minus1)
-            .unwrap()
-            .to_scalar::<f64>()
             .unwrap()
     }
 
@@ -307,7 +295,7 @@ mod tests {
                 Var::from_tensor(&x64).unwrap(),
             );
             let (a, b) = (ours(v.as_tensor()), theirs(v64.as_tensor()));
-            assert!(max_diff(&a, &b) < 1e-5, "{name}: forward");
+            assert!(max_abs_diff(&a, &b) < 1e-5, "{name}: forward");
             let ga = (a * &probe).unwrap().sum_all().unwrap().backward().unwrap();
             let gb = (b * &probe64)
                 .unwrap()
@@ -315,7 +303,7 @@ mod tests {
                 .unwrap()
                 .backward()
                 .unwrap();
-            let err = max_diff(
+            let err = max_abs_diff(
                 ga.get(v.as_tensor()).unwrap(),
                 gb.get(v64.as_tensor()).unwrap(),
             );

@@ -581,20 +581,8 @@ impl candle_core::CustomOp2 for Modulate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::max_abs_diff;
     use candle_core::{Device, D};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(D::Minus1)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
 
     #[test]
     fn im2col_conv_matches_candle_conv2d() {
@@ -617,12 +605,12 @@ mod tests {
             let ours = x.apply_op1_no_bwd(&op).unwrap();
             assert_eq!(ours.dims(), expected.dims());
             assert!(
-                max_diff(&ours, &expected) < 1e-4,
+                max_abs_diff(&ours, &expected) < 1e-4,
                 "{cin} {cout} {k} {stride}"
             );
             let no_bias = Im2colConv::new(&wt, None, stride, pad).unwrap();
             let plain = x.conv2d(&wt, pad, stride, 1, 1).unwrap();
-            assert!(max_diff(&x.apply_op1_no_bwd(&no_bias).unwrap(), &plain) < 1e-4);
+            assert!(max_abs_diff(&x.apply_op1_no_bwd(&no_bias).unwrap(), &plain) < 1e-4);
         }
     }
 
@@ -636,7 +624,7 @@ mod tests {
         let op = Im2colConv::new(&wt, None, 1, 1).unwrap();
         assert_eq!(TILE_ELEMENTS / (op.shape.patch() * 2048), 3);
         let expected = x.conv2d(&wt, 1, 1, 1, 1).unwrap();
-        assert!(max_diff(&x.apply_op1_no_bwd(&op).unwrap(), &expected) < 1e-3);
+        assert!(max_abs_diff(&x.apply_op1_no_bwd(&op).unwrap(), &expected) < 1e-3);
     }
 
     #[test]
@@ -666,13 +654,13 @@ mod tests {
             norm: PlaneNorm::Instance,
             leaky_relu: false,
         };
-        assert!(max_diff(&x.apply_op2_no_bwd(&gb, &op).unwrap(), &expected) < 1e-5);
+        assert!(max_abs_diff(&x.apply_op2_no_bwd(&gb, &op).unwrap(), &expected) < 1e-5);
         let leaky = Modulate {
             norm: PlaneNorm::Instance,
             leaky_relu: true,
         };
         let expected = candle_nn::ops::leaky_relu(&expected, 0.2).unwrap();
-        assert!(max_diff(&x.apply_op2_no_bwd(&gb, &leaky).unwrap(), &expected) < 1e-5);
+        assert!(max_abs_diff(&x.apply_op2_no_bwd(&gb, &leaky).unwrap(), &expected) < 1e-5);
     }
 
     fn one_hot(labels: &[u32], edges: &[f32], classes: usize, h: usize, w: usize) -> Tensor {
@@ -717,7 +705,7 @@ mod tests {
                     op.decode(&data, h * w).is_some(),
                     "one-hot input takes the gather path"
                 );
-                assert!(max_diff(&x.apply_op1_no_bwd(&op).unwrap(), &expected) < 1e-4);
+                assert!(max_abs_diff(&x.apply_op1_no_bwd(&op).unwrap(), &expected) < 1e-4);
             }
         }
     }
@@ -737,6 +725,6 @@ mod tests {
             .unwrap();
         assert!(op.decode(&data, 36).is_none());
         let expected = x.conv2d(&wt, 1, 1, 1, 1).unwrap();
-        assert!(max_diff(&x.apply_op1_no_bwd(&op).unwrap(), &expected) < 1e-4);
+        assert!(max_abs_diff(&x.apply_op1_no_bwd(&op).unwrap(), &expected) < 1e-4);
     }
 }

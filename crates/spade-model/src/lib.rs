@@ -25,6 +25,8 @@ pub mod preprocess;
 pub mod resample;
 pub mod resblock;
 pub mod spade;
+#[cfg(test)]
+mod test_util;
 pub mod train;
 pub mod vgg;
 

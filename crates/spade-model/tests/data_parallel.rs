@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
-use common::{case, max_abs_diff, npy};
+use common::{case, max_abs, max_abs_diff, npy};
 use spade_model::collective::{Collective, InProcess};
 use spade_model::train::options::TrainOptions;
 use spade_model::train::step::{Batch, Start, Trainer};
@@ -73,24 +73,16 @@ fn assert_grads_close(
     let mut worst = 0f64;
     for (name, a) in single {
         let b = &parallel[name];
-        let scale = a
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let scale = max_abs(a);
         let err = max_abs_diff(a, b);
         // Float32 sums taken in another order (per-rank sums, then all-reduced) than one
         // batch-2 pass; analytically zero gradients are compared at their noise level.
         assert!(
-            err <= 1e-3 * f64::from(scale) + 1e-5,
+            err <= 1e-3 * scale + 1e-5,
             "{what} {name}: {err:.3e} (max |grad| {scale:.3e})"
         );
         if scale > 1e-4 {
-            worst = worst.max(err / f64::from(scale));
+            worst = worst.max(err / scale);
         }
     }
     println!("{what}: worst error relative to the parameter's largest gradient {worst:.2e}");

@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use common::{case, case_json, max_abs_diff, npy};
+use common::{case, case_json, max_abs, max_abs_diff, npy};
 use serde_json::Value;
 use spade_model::checkpoint::pth;
 use spade_model::train::options::TrainOptions;
@@ -249,12 +249,8 @@ fn after_check(
                     .unwrap()
                     .abs()
                     .unwrap();
-                let strong_err =
-                    max_abs_diff(&(&diff * &strong).unwrap(), &diff.zeros_like().unwrap());
-                let weak_err = max_abs_diff(
-                    &(&diff * (1.0 - &strong).unwrap()).unwrap(),
-                    &diff.zeros_like().unwrap(),
-                );
+                let strong_err = max_abs(&(&diff * &strong).unwrap());
+                let weak_err = max_abs(&(&diff * (1.0 - &strong).unwrap()).unwrap());
                 let tight =
                     10.0 * floor(
                         json,

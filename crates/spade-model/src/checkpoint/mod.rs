@@ -144,16 +144,32 @@ impl Checkpoint {
     }
 }
 
-/// Writes `path` through `write` into a temporary file beside it, flushed to disk and then
-/// renamed over `path`: a reader (or a job killed mid-write) sees the old file or the new
-/// one, never a torn one.
-pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+/// The temporary file beside `path` that a write goes to before it replaces `path`.
+pub fn partial_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".partial");
-    let tmp = path.with_file_name(name);
+    path.with_file_name(name)
+}
+
+/// Writes through `write` into [`partial_path`]`(path)` and flushes it to disk; returns it.
+pub fn write_partial(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<PathBuf> {
+    let tmp = partial_path(path);
     write(&tmp)?;
     std::fs::File::open(&tmp)
         .and_then(|f| f.sync_all())
         .map_err(|e| Error::io(&tmp, e))?;
+    Ok(tmp)
+}
+
+/// Writes `path` through `write` into a temporary file beside it, flushed to disk and then
+/// renamed over `path`: a reader (or a job killed mid-write) sees the old file or the new
+/// one, never a torn one.
+pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let tmp = write_partial(path, write)?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// A writer for [`write_atomically`] that puts `bytes` in the file.
+pub fn bytes(bytes: &[u8]) -> impl FnOnce(&Path) -> Result<()> + '_ {
+    move |tmp| std::fs::write(tmp, bytes).map_err(|e| Error::io(tmp, e))
 }

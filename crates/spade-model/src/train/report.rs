@@ -11,7 +11,7 @@ use candle_core::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::write_atomically;
+use crate::checkpoint::{bytes, write_atomically};
 use crate::error::{Error, Result};
 use crate::palette::voc_colour;
 use crate::preprocess::{to_rgb8, IdMap};
@@ -109,9 +109,7 @@ impl Reporter {
             text.push_str(&serde_json::to_string(record).expect("record serialises"));
             text.push('\n');
         }
-        write_atomically(&self.log_path, |tmp| {
-            std::fs::write(tmp, &text).map_err(|e| Error::io(tmp, e))
-        })
+        write_atomically(&self.log_path, bytes(text.as_bytes()))
     }
 
     /// One iteration done.
@@ -232,9 +230,7 @@ impl Reporter {
         }
         html.push_str("</body></html>\n");
         let path = self.web.join("index.html");
-        write_atomically(&path, |tmp| {
-            std::fs::write(tmp, &html).map_err(|e| Error::io(tmp, e))
-        })
+        write_atomically(&path, bytes(html.as_bytes()))
     }
 }
 

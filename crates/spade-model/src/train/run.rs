@@ -20,7 +20,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{pth_write, write_atomically};
+use crate::checkpoint::{bytes, partial_path, pth_write, write_atomically, write_partial};
 use crate::collective::Collective;
 use crate::error::{Error, Result};
 use crate::model::standard_normal;
@@ -412,13 +412,9 @@ fn save(trainer: &Trainer, experiment: &Path, labels: &[&str], position: Positio
     }
     if labels.contains(&"latest") {
         let iter = format!("{}\n{}\n", position.epoch, position.epoch_iter);
-        save.stage(&experiment.join("iter.txt"), |tmp| {
-            std::fs::write(tmp, &iter).map_err(|e| Error::io(tmp, e))
-        })?;
+        save.stage(&experiment.join("iter.txt"), bytes(iter.as_bytes()))?;
         let state = serde_json::to_string_pretty(&position).expect("position serialises");
-        save.stage(&experiment.join(STATE_FILE), |tmp| {
-            std::fs::write(tmp, &state).map_err(|e| Error::io(tmp, e))
-        })?;
+        save.stage(&experiment.join(STATE_FILE), bytes(state.as_bytes()))?;
     }
     save.commit(experiment)
 }
@@ -434,18 +430,8 @@ struct Save {
 }
 
 impl Save {
-    fn partial(path: &Path) -> PathBuf {
-        let mut name = path.file_name().unwrap_or_default().to_os_string();
-        name.push(".partial");
-        path.with_file_name(name)
-    }
-
     fn stage(&mut self, path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-        let tmp = Self::partial(path);
-        write(&tmp)?;
-        std::fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| Error::io(&tmp, e))?;
+        write_partial(path, write)?;
         self.targets.push(path.to_path_buf());
         Ok(())
     }
@@ -457,9 +443,7 @@ impl Save {
             .iter()
             .map(|p| p.to_string_lossy().into_owned())
             .collect();
-        write_atomically(&journal, |tmp| {
-            std::fs::write(tmp, names.join("\n")).map_err(|e| Error::io(tmp, e))
-        })?;
+        write_atomically(&journal, bytes(names.join("\n").as_bytes()))?;
         Self::recover(experiment)
     }
 
@@ -470,7 +454,7 @@ impl Save {
             return Ok(());
         };
         for target in text.lines().map(PathBuf::from) {
-            let tmp = Self::partial(&target);
+            let tmp = partial_path(&target);
             if tmp.is_file() {
                 std::fs::rename(&tmp, &target).map_err(|e| Error::io(&target, e))?;
             }
@@ -552,7 +536,5 @@ fn write_opt_txt(options: &TrainOptions, config: &TrainConfig, experiment: &Path
     }
     text.push_str("----------------- End -------------------\n");
     let path = experiment.join("opt.txt");
-    write_atomically(&path, |tmp| {
-        std::fs::write(tmp, &text).map_err(|e| Error::io(tmp, e))
-    })
+    write_atomically(&path, bytes(text.as_bytes()))
 }

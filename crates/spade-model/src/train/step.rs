@@ -214,23 +214,15 @@ impl Trainer {
         batch: &Batch,
         eps: Option<&Tensor>,
     ) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
-        let style = match &self.encoder {
-            Some(encoder) => {
-                let (mu, logvar) = encoder.forward(&batch.image)?;
-                let eps = eps
-                    .ok_or_else(|| Error::input("eps", "the VAE needs reparameterisation noise"))?;
-                Some((mu, logvar))
-                    .map(|(mu, logvar)| -> Result<_> {
-                        let z = reparameterize(&mu, &logvar, eps)?;
-                        Ok((mu, logvar, z))
-                    })
-                    .transpose()?
-            }
-            None => None,
+        let Some(encoder) = &self.encoder else {
+            return Ok((self.generator.forward(&batch.semantics, None)?, None));
         };
-        let z = style.as_ref().map(|(_, _, z)| z);
-        let fake = self.generator.forward(&batch.semantics, z)?;
-        Ok((fake, style.map(|(mu, logvar, _)| (mu, logvar))))
+        let eps =
+            eps.ok_or_else(|| Error::input("eps", "the VAE needs reparameterisation noise"))?;
+        let (mu, logvar) = encoder.forward(&batch.image)?;
+        let z = reparameterize(&mu, &logvar, eps)?;
+        let fake = self.generator.forward(&batch.semantics, Some(&z))?;
+        Ok((fake, Some((mu, logvar))))
     }
 
     /// The discriminator on `semantics ++ fake` and `semantics ++ real`, in one batch (fake

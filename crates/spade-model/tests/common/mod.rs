@@ -51,7 +51,12 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.dims(), b.dims(), "shapes differ");
     let a = a.to_dtype(candle_core::DType::F64).unwrap();
     let b = b.to_dtype(candle_core::DType::F64).unwrap();
-    (a - b)
+    max_abs(&(a - b).unwrap())
+}
+
+/// `max |t|`, in float64.
+pub fn max_abs(t: &Tensor) -> f64 {
+    t.to_dtype(candle_core::DType::F64)
         .unwrap()
         .abs()
         .unwrap()
