@@ -143,13 +143,11 @@ impl Adam {
                 }
             }
         }
-        let known = self.params.len() * 2;
-        if tensors.len() > moments.len() * 2 || moments.len() * 2 > known {
-            let unknown = tensors
-                .keys()
-                .find(|k| !moments.keys().any(|n| k.starts_with(&format!("{n}."))))
-                .cloned()
-                .unwrap_or_default();
+        // Every tensor was taken by a parameter above, or belongs to none.
+        if let Some(unknown) = tensors
+            .keys()
+            .find(|k| !moments.keys().any(|n| k.starts_with(&format!("{n}."))))
+        {
             return Err(Error::input(
                 "optimizer state",
                 format!("`{unknown}` belongs to no parameter of this optimiser"),
@@ -158,5 +156,68 @@ impl Adam {
         self.moments = moments;
         self.step = step;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn adam() -> (Adam, Var) {
+        let var =
+            Var::from_tensor(&Tensor::new(&[1f32, -2.0, 3.0], &Device::Cpu).unwrap()).unwrap();
+        let config = AdamConfig {
+            lr: 0.1,
+            beta1: 0.5,
+            beta2: 0.9,
+            eps: 1e-8,
+        };
+        (
+            Adam::new(vec![("G.w".to_string(), var.clone())], config),
+            var,
+        )
+    }
+
+    fn step(adam: &mut Adam, var: &Var) {
+        let loss = var.as_tensor().sqr().unwrap().sum_all().unwrap();
+        adam.step(&loss.backward().unwrap()).unwrap();
+    }
+
+    /// The first step moves each weight by lr against its gradient's sign (PyTorch's bias
+    /// correction makes m / sqrt(v) = sign(g)); a restored state continues like the original.
+    #[test]
+    fn steps_like_pytorch_and_resumes_from_its_state() {
+        let (mut original, w) = adam();
+        step(&mut original, &w);
+        assert_eq!(w.as_tensor().to_vec1::<f32>().unwrap(), [0.9, -1.9, 2.9]);
+        let (steps, state) = original.state();
+        let (mut resumed, w2) = adam();
+        w2.set(w.as_tensor()).unwrap();
+        resumed.load_state(steps, &state).unwrap();
+        step(&mut original, &w);
+        step(&mut resumed, &w2);
+        assert_eq!(
+            w.as_tensor().to_vec1::<f32>().unwrap(),
+            w2.as_tensor().to_vec1::<f32>().unwrap()
+        );
+    }
+
+    #[test]
+    fn foreign_or_misshapen_state_is_refused() {
+        let (mut adam, w) = adam();
+        let zeros = w.as_tensor().zeros_like().unwrap();
+        let foreign = HashMap::from([("D.x.exp_avg".to_string(), zeros.clone())]);
+        let err = adam.load_state(1, &foreign).unwrap_err().to_string();
+        assert!(err.contains("D.x.exp_avg"), "{err}");
+        let short = Tensor::zeros(2, candle_core::DType::F32, &Device::Cpu).unwrap();
+        let misshapen = HashMap::from([
+            ("G.w.exp_avg".to_string(), short.clone()),
+            ("G.w.exp_avg_sq".to_string(), short),
+        ]);
+        let err = adam.load_state(1, &misshapen).unwrap_err().to_string();
+        assert!(err.contains("G.w.exp_avg") && err.contains("[2]"), "{err}");
+        let half = HashMap::from([("G.w.exp_avg".to_string(), zeros)]);
+        assert!(adam.load_state(1, &half).is_err());
     }
 }

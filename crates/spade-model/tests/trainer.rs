@@ -16,10 +16,9 @@ use spade_model::preprocess::to_rgb8;
 use spade_model::train::options::TrainOptions;
 use spade_model::SpadeModel;
 
-fn options(args: &[&str]) -> TrainOptions {
-    let mut all = vec!["trainer", "--gpu_ids", "-1"];
-    all.extend_from_slice(args);
-    TrainOptions::try_parse_from(all).expect("valid options")
+fn options(args: &[String]) -> TrainOptions {
+    let all = ["trainer", "--gpu_ids", "-1"].map(String::from);
+    TrainOptions::try_parse_from(all.iter().chain(args)).expect("valid options")
 }
 
 fn trainer_command(args: &[String]) -> Command {
@@ -190,6 +189,19 @@ fn a_short_run_lowers_the_l1_to_the_real_images() {
         "a record every 4 samples: 2 per epoch of 8 samples"
     );
     assert!(folder.join("web/index.html").is_file() && folder.join("8_net_G.pth").is_file());
+    // The written opt.txt reads back as the run's options.
+    let written = std::fs::read_to_string(folder.join("opt.txt")).unwrap();
+    let reread = TrainOptions::from_opt_txt(&written)
+        .unwrap()
+        .resolve()
+        .unwrap();
+    let given = options(&more).resolve().unwrap();
+    assert_eq!(reread.model, given.model);
+    assert_eq!(reread.discriminator, given.discriminator);
+    assert_eq!(
+        (reread.lr, reread.ttur, reread.niter),
+        (given.lr, given.ttur, given.niter)
+    );
 }
 
 fn read_state(path: &Path) -> Vec<(String, Tensor)> {
@@ -353,34 +365,9 @@ fn broken_datasets_are_refused_with_the_file_named() {
     let (labels, images) = make_dataset(tmp.path(), 4, 64);
     let ckpt = tmp.path().join("checkpoints");
     let base = || {
-        options(&[
-            "--dataset_mode",
-            "custom",
-            "--label_dir",
-            labels.to_str().unwrap(),
-            "--image_dir",
-            images.to_str().unwrap(),
-            "--no_instance",
-            "--label_nc",
-            "4",
-            "--crop_size",
-            "64",
-            "--load_size",
-            "64",
-            "--ngf",
-            "2",
-            "--ndf",
-            "8",
-            "--num_D",
-            "1",
-            "--batchSize",
-            "2",
-            "--no_vgg_loss",
-            "--niter",
-            "1",
-            "--checkpoints_dir",
-            ckpt.to_str().unwrap(),
-        ])
+        let mut args = small_run(&labels, &images, &ckpt, "broken");
+        args.extend(["--niter", "1"].map(String::from));
+        options(&args)
     };
     let fails = |opts: TrainOptions, needle: &str| {
         let err = spade_model::train::run::train(&opts, &Device::Cpu, None, None)
@@ -507,4 +494,43 @@ fn sigterm_saves_latest_before_exiting() {
     assert!(state["iterations"].as_u64().unwrap() >= 2, "{state}");
     assert!(ckpt.join("drained/latest_net_G.pth").is_file());
     assert!(ckpt.join("drained/latest_optim.safetensors").is_file());
+}
+
+/// Continuing from checkpoints that do not fit the options fails with the tensor and file named.
+#[test]
+fn continue_train_refuses_checkpoints_that_do_not_fit() {
+    use spade_model::train::step::{Start, Trainer};
+    let fixture = case("train_step");
+    let opt = std::fs::read_to_string(fixture.join("opt.txt")).unwrap();
+    let attempt = |dir: &Path, edit: &dyn Fn(&mut TrainOptions)| {
+        let mut options = TrainOptions::from_opt_txt(&opt).unwrap();
+        options.no_vgg_loss = true;
+        edit(&mut options);
+        let start = Start::Checkpoint {
+            dir,
+            epoch: "latest",
+        };
+        let config = options.resolve().unwrap();
+        match Trainer::new(config, start, None, &Device::Cpu, DType::F32, None) {
+            Ok(_) => panic!("loaded checkpoints that do not fit"),
+            Err(e) => e.to_string(),
+        }
+    };
+    let wider = attempt(&fixture, &|o| o.ngf = 4);
+    assert!(
+        wider.contains("latest_net_G.pth") && wider.contains("has shape"),
+        "{wider}"
+    );
+    let vae = attempt(&fixture, &|o| {
+        o.use_vae = true;
+        o.crop_size = Some(256);
+    });
+    // With the VAE, `fc` maps z instead of the label map.
+    assert!(vae.contains("`fc.bias` has shape"), "{vae}");
+    let empty = tempfile::tempdir().unwrap();
+    let missing = attempt(empty.path(), &|_| {});
+    assert!(
+        missing.contains("latest_net_G.pth") && missing.contains("missing"),
+        "{missing}"
+    );
 }
