@@ -141,7 +141,7 @@ impl Normalize {
         }) as f64
     }
 
-    /// Mean and `1 / sqrt(var + eps)` per group.
+    /// Mean and biased variance per group.
     fn moments(&self, x: &[f32], dims: [usize; 4]) -> (Vec<f64>, Vec<f64>) {
         let count = self.count(dims);
         let mean: Vec<f64> = self
@@ -150,15 +150,40 @@ impl Normalize {
             .map(|s| s / count)
             .collect();
         let c = dims[1];
-        let inv_std = self
+        let var = self
             .per_group(dims, |p, i| {
                 (f64::from(x[i]) - mean[self.group_of(p, c)]).powi(2)
             })
             .into_iter()
-            .map(|s| 1.0 / (s / count + self.eps).sqrt())
+            .map(|s| s / count)
             .collect();
-        (mean, inv_std)
+        (mean, var)
     }
+
+    fn inv_std(&self, var: &[f64]) -> Vec<f64> {
+        var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect()
+    }
+}
+
+/// The per-channel mean and biased variance over N x H x W (C values each) that train-mode
+/// batch norm normalises with, for its running statistics: one pass, no graph.
+pub fn channel_moments(x: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+    let x = x.contiguous()?;
+    let dims = dims4(x.layout())?;
+    let (storage, layout) = x.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("channel moments are computed on the CPU");
+    };
+    let op = Normalize {
+        stats: Statistics::Batch,
+        eps: 0.0,
+    };
+    let (mean, var) = op.moments(slice(cpu, layout, "channel moments")?, dims);
+    let to_tensor = |v: Vec<f64>| {
+        let v: Vec<f32> = v.into_iter().map(|x| x as f32).collect();
+        Tensor::from_vec(v, dims[1], x.device())
+    };
+    Ok((to_tensor(mean)?, to_tensor(var)?))
 }
 
 fn dims4(l: &Layout) -> candle_core::Result<[usize; 4]> {
@@ -176,7 +201,8 @@ impl CustomOp1 for Normalize {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = slice(s, l, "normalize")?;
         let dims = dims4(l)?;
-        let (mean, inv_std) = self.moments(x, dims);
+        let (mean, var) = self.moments(x, dims);
+        let inv_std = self.inv_std(&var);
         let plane = dims[2] * dims[3];
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(plane).enumerate().for_each(|(p, out)| {
@@ -212,7 +238,7 @@ impl CustomOp3 for Normalize {
         let y = slice(ys, yl, "normalize")?;
         let dy = slice(gs, gl, "normalize")?;
         let dims = dims4(xl)?;
-        let (_, inv_std) = self.moments(x, dims);
+        let inv_std = self.inv_std(&self.moments(x, dims).1);
         let count = self.count(dims);
         let mean_dy: Vec<f64> = self
             .per_group(dims, |_, i| f64::from(dy[i]))

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use crate::collective::{AllReduce, Collective};
 use crate::conv_grad::TrainableConv;
-use crate::fused::{normalize, Statistics};
+use crate::fused::{channel_moments, normalize, Statistics};
 use crate::kernels::{Im2colConv, PlaneNorm, SegmapConv};
 
 /// Epsilon of PyTorch's BatchNorm2d and InstanceNorm2d.
@@ -500,9 +500,7 @@ impl BatchStatistics {
         }
         let fused = self.sync.is_none() && x.device().is_cpu() && x.dtype() == DType::F32;
         let (y, mean, var, count) = if fused {
-            let xd = x.detach();
-            let mean = xd.mean_keepdim((0, 2, 3))?;
-            let var = xd.broadcast_sub(&mean)?.sqr()?.mean_keepdim((0, 2, 3))?;
+            let (mean, var) = channel_moments(x)?;
             (normalize(x, Statistics::Batch, NORM_EPS)?, mean, var, count)
         } else {
             let (mean, var, count) = match &self.sync {
