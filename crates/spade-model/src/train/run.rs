@@ -437,14 +437,19 @@ impl Save {
     }
 
     fn commit(self, experiment: &Path) -> Result<()> {
+        self.write_journal(experiment)?;
+        Self::recover(experiment)
+    }
+
+    /// The point of no return: from here on the new group replaces the old one.
+    fn write_journal(&self, experiment: &Path) -> Result<()> {
         let journal = experiment.join(JOURNAL_FILE);
         let names: Vec<String> = self
             .targets
             .iter()
             .map(|p| p.to_string_lossy().into_owned())
             .collect();
-        write_atomically(&journal, bytes(names.join("\n").as_bytes()))?;
-        Self::recover(experiment)
+        write_atomically(&journal, bytes(names.join("\n").as_bytes()))
     }
 
     /// Finishes a save that a killed job left journaled.
@@ -537,4 +542,42 @@ fn write_opt_txt(options: &TrainOptions, config: &TrainConfig, experiment: &Path
     text.push_str("----------------- End -------------------\n");
     let path = experiment.join("opt.txt");
     write_atomically(&path, bytes(text.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(path: &Path) -> String {
+        std::fs::read_to_string(path).unwrap()
+    }
+
+    /// A job killed before the journal keeps the old group; one killed after it gets the new
+    /// group completed on the next start.
+    #[test]
+    fn a_save_interrupted_anywhere_leaves_one_whole_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let (g, d) = (
+            dir.path().join("latest_net_G.pth"),
+            dir.path().join("latest_net_D.pth"),
+        );
+        std::fs::write(&g, "old G").unwrap();
+        std::fs::write(&d, "old D").unwrap();
+        let stage_new = || {
+            let mut save = Save::default();
+            save.stage(&g, bytes(b"new G")).unwrap();
+            save.stage(&d, bytes(b"new D")).unwrap();
+            save
+        };
+
+        stage_new(); // killed before the journal
+        Save::recover(dir.path()).unwrap();
+        assert_eq!((read(&g), read(&d)), ("old G".into(), "old D".into()));
+
+        stage_new().write_journal(dir.path()).unwrap(); // killed right after it
+        assert_eq!(read(&g), "old G");
+        Save::recover(dir.path()).unwrap();
+        assert_eq!((read(&g), read(&d)), ("new G".into(), "new D".into()));
+        assert!(!dir.path().join(JOURNAL_FILE).exists());
+    }
 }
