@@ -14,11 +14,13 @@
 //! Every image of a batch is computed alone with the same tiling, so an image's result never
 //! depends on its batch mates.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
+
+use crate::winograd::Winograd;
 
 /// Elements of the im2col buffer per tile (16 MiB of f32).
 const TILE_ELEMENTS: usize = 4 << 20;
@@ -54,6 +56,10 @@ pub struct Im2colConv {
     /// `out_channels x (in_channels * k * k)`, row-major.
     weight: Arc<Vec<f32>>,
     bias: Option<Arc<Vec<f32>>>,
+    /// For 3 x 3 / stride 1 / pad 1 shapes: the same convolution by Winograd F(4x4, 3x3),
+    /// built on the first input large enough to use it. Its transformed kernels take 4x the
+    /// memory of the weights, so layers that only ever see small maps never build them.
+    winograd: Option<Arc<OnceLock<Winograd>>>,
 }
 
 impl Im2colConv {
@@ -75,6 +81,8 @@ impl Im2colConv {
                     .to_vec1()?,
             ))
         };
+        let weight = flat(weight)?;
+        let winograd = (kernel == 3 && stride == 1 && padding == 1).then(Default::default);
         Ok(Self {
             shape: ConvShape {
                 in_channels,
@@ -83,22 +91,22 @@ impl Im2colConv {
                 stride,
                 padding,
             },
-            weight: flat(weight)?,
+            weight,
             bias: bias.map(flat).transpose()?,
+            winograd,
         })
     }
 
     /// Convolves one image (`in x h x w`) into `out` (`out_channels x ho x wo`).
     fn image(&self, x: &[f32], h: usize, w: usize, out: &mut [f32]) {
-        convolve_image(
-            &self.shape,
-            &self.weight,
-            self.bias.as_deref().map(Vec::as_slice),
-            x,
-            h,
-            w,
-            out,
-        );
+        let bias = self.bias.as_deref().map(Vec::as_slice);
+        if let Some(winograd) = self.winograd.as_ref().filter(|_| Winograd::pays_off(h, w)) {
+            let s = self.shape;
+            return winograd
+                .get_or_init(|| Winograd::new(&self.weight, s.out_channels, s.in_channels))
+                .image(x, h, w, bias, out);
+        }
+        convolve_image(&self.shape, &self.weight, bias, x, h, w, out);
     }
 
     fn run(&self, x: &[f32], n: usize, h: usize, w: usize) -> (Vec<f32>, Shape) {

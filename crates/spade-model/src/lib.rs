@@ -29,6 +29,7 @@ pub mod spade;
 mod test_util;
 pub mod train;
 pub mod vgg;
+pub mod winograd;
 
 pub use checkpoint::Checkpoint;
 pub use config::Config;
