@@ -284,7 +284,8 @@ impl CustomOp1 for Im2colConv {
     }
 }
 
-/// `mlp_shared`: gathers weight rows by label where the input is one-hot, else convolves.
+/// `mlp_shared` (convolution, then ReLU): gathers weight rows by label where the input is
+/// one-hot, else convolves.
 #[derive(Debug, Clone)]
 pub struct SegmapConv {
     dense: Im2colConv,
@@ -399,7 +400,7 @@ impl SegmapConv {
                 for p in 0..plane {
                     let src = &rows[p * co + o0..][..n];
                     for (j, &v) in src.iter().enumerate() {
-                        planes[j * plane + p] = v;
+                        planes[j * plane + p] = v.max(0.0);
                     }
                 }
             });
@@ -493,7 +494,8 @@ impl CustomOp1 for SegmapConv {
             .map(|img| self.decode(img, plane))
             .collect();
         let Some(decoded) = decoded else {
-            let (out, shape) = self.dense.run(x, n, h, w);
+            let (mut out, shape) = self.dense.run(x, n, h, w);
+            out.par_iter_mut().for_each(|v| *v = v.max(0.0));
             return Ok((CpuStorage::F32(out), shape));
         };
         let mut out = vec![0f32; n * s.out_channels * plane];
@@ -682,7 +684,7 @@ mod tests {
     }
 
     #[test]
-    fn gather_matches_the_dense_convolution_on_one_hot_maps() {
+    fn gather_matches_the_dense_convolution_and_relu_on_one_hot_maps() {
         let dev = Device::Cpu;
         let (classes, h, w) = (6, 13, 17);
         // Noisy labels (every pixel a border) and blocky ones (mostly interior pixels).
@@ -706,6 +708,8 @@ mod tests {
                     .conv2d(&wt, k / 2, 1, 1, 1)
                     .unwrap()
                     .broadcast_add(&b.reshape((1, 20, 1, 1)).unwrap())
+                    .unwrap()
+                    .relu()
                     .unwrap();
                 let op = SegmapConv::new(&wt, Some(&b), classes).unwrap();
                 let data = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
@@ -732,7 +736,7 @@ mod tests {
             .to_vec1::<f32>()
             .unwrap();
         assert!(op.decode(&data, 36).is_none());
-        let expected = x.conv2d(&wt, 1, 1, 1, 1).unwrap();
+        let expected = x.conv2d(&wt, 1, 1, 1, 1).unwrap().relu().unwrap();
         assert!(max_abs_diff(&x.apply_op1_no_bwd(&op).unwrap(), &expected) < 1e-4);
     }
 }

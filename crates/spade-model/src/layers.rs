@@ -206,8 +206,9 @@ impl StackedConv2d {
     }
 }
 
-/// SPADE's `mlp_shared` convolution over the segmentation map: a gather on the CPU
-/// ([`SegmapConv`]), an ordinary convolution elsewhere.
+/// SPADE's `mlp_shared`, the convolution over the segmentation map and the ReLU after it:
+/// a gather with the ReLU folded in on the CPU ([`SegmapConv`]), an ordinary convolution
+/// elsewhere.
 #[derive(Debug, Clone)]
 pub enum SegConv2d {
     Cpu(SegmapConv),
@@ -242,7 +243,7 @@ impl Module for SegConv2d {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             SegConv2d::Cpu(op) => x.contiguous()?.apply_op1_no_bwd(op),
-            SegConv2d::Dense(conv) => conv.forward(x),
+            SegConv2d::Dense(conv) => conv.forward(x)?.relu(),
         }
     }
 }

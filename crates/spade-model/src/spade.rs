@@ -63,7 +63,7 @@ impl Spade {
     /// size). With `leaky_relu` the result goes through `leaky_relu(0.2)`, as the residual
     /// block does after `norm_0` and `norm_1`.
     pub fn forward(&self, x: &Tensor, seg: &Tensor, leaky_relu: bool) -> Result<Tensor> {
-        let actv = self.mlp_shared.forward(seg)?.relu()?;
+        let actv = self.mlp_shared.forward(seg)?;
         if let Some((plain, leaky)) = &self.fused {
             let op = if leaky_relu { leaky } else { plain };
             let gamma_beta = self.mlp_gamma_beta.forward_stacked(&actv)?;
