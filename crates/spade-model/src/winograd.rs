@@ -25,8 +25,8 @@ const POSITIONS: usize = WINDOW * WINDOW;
 /// Tiles per image from which Winograd beats im2col + GEMM (measured on the COCO
 /// generator; see BENCHMARKS.md).
 const MIN_TILES: usize = 64;
-/// Floats of transformed input and output per band (8 MiB).
-const BAND_ELEMENTS: usize = 4 << 20;
+/// Floats of transformed input and output per band (32 MiB; measured best of 4-128 MiB).
+const BAND_ELEMENTS: usize = 8 << 20;
 
 /// `B^T`, applied to each 6-vector of the input window.
 fn input_transform(d: [&[f32]; WINDOW], out: [&mut [f32]; WINDOW]) {
@@ -123,8 +123,20 @@ impl Winograd {
 
     /// Convolves one image (`in x h x w`) into `out` (`out x h x w`), adding `bias`.
     pub fn image(&self, x: &[f32], h: usize, w: usize, bias: Option<&[f32]>, out: &mut [f32]) {
+        let band_rows = self.band_rows(w.div_ceil(TILE), h.div_ceil(TILE));
+        self.image_in_bands(x, h, w, bias, out, band_rows);
+    }
+
+    fn image_in_bands(
+        &self,
+        x: &[f32],
+        h: usize,
+        w: usize,
+        bias: Option<&[f32]>,
+        out: &mut [f32],
+        band_rows: usize,
+    ) {
         let (tiles_y, tiles_x) = (h.div_ceil(TILE), w.div_ceil(TILE));
-        let band_rows = self.band_rows(tiles_x, tiles_y);
         let mut v = vec![0f32; self.in_channels * POSITIONS * band_rows * tiles_x];
         let mut m = vec![0f32; self.out_channels * POSITIONS * band_rows * tiles_x];
         for ty0 in (0..tiles_y).step_by(band_rows) {
@@ -200,28 +212,27 @@ unsafe impl Sync for SendPtr {}
 fn transform_input(plane: &[f32], h: usize, w: usize, ty0: usize, rows: usize, v: &mut [f32]) {
     let tiles_x = w.div_ceil(TILE);
     let tiles = rows * tiles_x;
-    // One zero-padded input row: column `j` holds input column `j - 1`.
+    // Rows of the vertically transformed window, zero-padded: column `j` is input column
+    // `j - 1`. The padding columns stay zero (the transform of zeros).
     let padded = TILE * tiles_x + 2;
-    let mut window_rows = vec![0f32; WINDOW * padded];
     let mut vertical = vec![0f32; WINDOW * padded];
+    let zeros = vec![0f32; w];
     // `[i][j][tx]`: column `j` of every tile's window after the vertical transform.
     let mut gathered = vec![0f32; WINDOW * WINDOW * tiles_x];
-    let mut horizontal = vec![0f32; WINDOW * tiles_x];
     for r in 0..rows {
         let top = ((ty0 + r) * TILE) as isize - 1;
-        for (k, row) in window_rows.chunks_exact_mut(padded).enumerate() {
+        let inputs: [&[f32]; WINDOW] = std::array::from_fn(|k| {
             let y = top + k as isize;
             if (0..h as isize).contains(&y) {
-                row[0] = 0.0;
-                row[1..=w].copy_from_slice(&plane[y as usize * w..][..w]);
-                row[w + 1..].fill(0.0);
+                &plane[y as usize * w..][..w]
             } else {
-                row.fill(0.0);
+                &zeros[..]
             }
-        }
-        let inputs: [&[f32]; WINDOW] =
-            std::array::from_fn(|k| &window_rows[k * padded..][..padded]);
-        input_transform(inputs, split(&mut vertical, padded));
+        });
+        input_transform(
+            inputs,
+            split(&mut vertical, padded).map(|row| &mut row[1..=w]),
+        );
         for (i, row) in vertical.chunks_exact(padded).enumerate() {
             for j in 0..WINDOW {
                 let dst = &mut gathered[(i * WINDOW + j) * tiles_x..][..tiles_x];
@@ -233,10 +244,11 @@ fn transform_input(plane: &[f32], h: usize, w: usize, ty0: usize, rows: usize, v
         for i in 0..WINDOW {
             let columns: [&[f32]; WINDOW] =
                 std::array::from_fn(|j| &gathered[(i * WINDOW + j) * tiles_x..][..tiles_x]);
-            input_transform(columns, split(&mut horizontal, tiles_x));
-            for (j, src) in horizontal.chunks_exact(tiles_x).enumerate() {
-                v[(i * WINDOW + j) * tiles + r * tiles_x..][..tiles_x].copy_from_slice(src);
-            }
+            let positions = &mut v[i * WINDOW * tiles..][..WINDOW * tiles];
+            input_transform(
+                columns,
+                split(positions, tiles).map(|p| &mut p[r * tiles_x..][..tiles_x]),
+            );
         }
     }
 }
@@ -271,20 +283,23 @@ fn transform_output(
                 .map(|s| &mut s[jj * tiles_x..(jj + 1) * tiles_x]);
             output_transform(column, out);
         }
-        // pixels: [ii][jj][tx] -> plane[y][x].
+        // pixels: [ii][jj][tx] -> plane[y][x], whole tiles first.
+        let full = w / TILE;
         for ii in 0..TILE {
             let y = (ty0 + r) * TILE + ii;
             if y >= h {
                 break;
             }
-            let line = &mut plane[y * w..][..w];
-            for jj in 0..TILE {
-                let src = &pixels[(ii * TILE + jj) * tiles_x..][..tiles_x];
-                for (tx, &p) in src.iter().enumerate() {
-                    if let Some(o) = line.get_mut(tx * TILE + jj) {
-                        *o = p + bias;
-                    }
+            let src: [&[f32]; TILE] =
+                std::array::from_fn(|jj| &pixels[(ii * TILE + jj) * tiles_x..][..tiles_x]);
+            let (whole, rest) = plane[y * w..][..w].split_at_mut(full * TILE);
+            for (tx, px) in whole.chunks_exact_mut(TILE).enumerate() {
+                for (jj, o) in px.iter_mut().enumerate() {
+                    *o = src[jj][tx] + bias;
                 }
+            }
+            for (jj, o) in rest.iter_mut().enumerate() {
+                *o = src[jj][full] + bias;
             }
         }
     }
@@ -356,13 +371,23 @@ mod tests {
     #[test]
     fn bands_of_tile_rows_give_the_same_result() {
         let dev = Device::Cpu;
-        let (ci, co, h, w) = (256, 256, 26, 256);
-        // 7 tile rows (the last half outside the image) in bands of 3, 3 and 1.
-        let rows = Winograd::new(&vec![0.0; co * ci * 9], co, ci).band_rows(w / TILE, 7);
-        assert_eq!(rows, 3);
-        let x = Tensor::randn(0f32, 1., (1, ci, h, w), &dev).unwrap();
-        let wt = (Tensor::randn(0f32, 1., (co, ci, 3, 3), &dev).unwrap() / 48.0).unwrap();
-        let expected = x.conv2d(&wt, 1, 1, 1, 1).unwrap();
-        assert!(max_abs_diff(&run(&x, &wt, None), &expected) < 1e-4);
+        let (ci, co, h, w) = (6, 5, 26, 19);
+        let x = Tensor::randn(0f32, 1., (ci, h, w), &dev).unwrap();
+        let wt = Tensor::randn(0f32, 1., (co, ci, 3, 3), &dev).unwrap();
+        let expected = x.unsqueeze(0).unwrap().conv2d(&wt, 1, 1, 1, 1).unwrap();
+        let conv = Winograd::new(&wt.flatten_all().unwrap().to_vec1().unwrap(), co, ci);
+        let data = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        // 7 tile rows (the last half outside the image): bands of 1, of 3 (3 + 3 + 1), of 7.
+        for band_rows in [1, 3, 7] {
+            let mut out = vec![0f32; co * h * w];
+            conv.image_in_bands(&data, h, w, None, &mut out, band_rows);
+            let out = Tensor::from_vec(out, (1, co, h, w), &dev).unwrap();
+            assert!(max_abs_diff(&out, &expected) < 1e-4, "bands of {band_rows}");
+        }
+        // SPADE's largest layers at 256 x 256 are cut into bands.
+        assert_eq!(
+            Winograd::new(&vec![0.0; 256 * 128 * 9], 256, 128).band_rows(64, 64),
+            9
+        );
     }
 }
