@@ -291,8 +291,8 @@ pub struct SegmapConv {
     dense: Im2colConv,
     /// `[label][ky][kx][out]`: the weight column of each input channel, per tap.
     table: Arc<Vec<f32>>,
-    /// `[label][out]`: bias plus the sum over all taps, the output of any pixel whose whole
-    /// neighbourhood has its label and no edge (most pixels of a real label map).
+    /// `[out][label]`: `relu(bias + the sum over all taps)`, the output of any pixel whose
+    /// whole neighbourhood has its label and no edge (most pixels of a real label map).
     interior: Arc<Vec<f32>>,
     /// Channels that are one-hot labels (the rest, at most one, is the edge channel).
     classes: usize,
@@ -324,14 +324,12 @@ impl SegmapConv {
             }
         }
         let co = s.out_channels;
-        let mut interior = vec![0f32; classes * co];
-        for (label, row) in interior.chunks_exact_mut(co).enumerate() {
-            if let Some(bias) = &dense.bias {
-                row.copy_from_slice(bias);
-            }
-            for t in 0..k * k {
-                let taps = &table[(label * k * k + t) * co..][..co];
-                row.iter_mut().zip(taps).for_each(|(a, w)| *a += w);
+        let mut interior = vec![0f32; co * classes];
+        for (o, row) in interior.chunks_exact_mut(classes).enumerate() {
+            for (label, v) in row.iter_mut().enumerate() {
+                let bias = dense.bias.as_ref().map_or(0.0, |b| b[o]);
+                let taps = (0..k * k).map(|t| table[(label * k * k + t) * co + o]);
+                *v = taps.fold(bias, |a, w| a + w).max(0.0);
             }
         }
         Ok(Self {
@@ -342,22 +340,31 @@ impl SegmapConv {
         })
     }
 
-    /// Per pixel: its label, or `None` if the pixel is not exactly one-hot; and its edge bit.
+    /// Per pixel: its label, or `None` if any pixel is not exactly one-hot; and its edge bit.
     fn decode(&self, x: &[f32], plane: usize) -> Option<(Vec<u32>, Vec<bool>)> {
-        let mut labels = vec![u32::MAX; plane];
-        for c in 0..self.classes {
-            for (p, &v) in x[c * plane..(c + 1) * plane].iter().enumerate() {
-                if v == 1.0 {
-                    if labels[p] != u32::MAX {
-                        return None;
+        const PIXELS: usize = 4096;
+        let mut labels = vec![0u32; plane];
+        let one_hot = labels
+            .par_chunks_mut(PIXELS)
+            .enumerate()
+            .all(|(i, labels)| {
+                let start = i * PIXELS;
+                // Branch-free over each channel so that it vectorises: the label is the sum
+                // of the hot channels' indices, valid where exactly one channel is hot.
+                let mut hot = vec![0u32; labels.len()];
+                let mut other = false;
+                for c in 0..self.classes {
+                    let values = &x[c * plane + start..][..labels.len()];
+                    for ((l, n), &v) in labels.iter_mut().zip(hot.iter_mut()).zip(values) {
+                        let one = u32::from(v == 1.0);
+                        *l += one * c as u32;
+                        *n += one;
+                        other |= v != 0.0 && v != 1.0;
                     }
-                    labels[p] = c as u32;
-                } else if v != 0.0 {
-                    return None;
                 }
-            }
-        }
-        if labels.contains(&u32::MAX) {
+                !other && hot.iter().all(|&n| n == 1)
+            });
+        if !one_hot {
             return None;
         }
         let edges = if self.classes < self.dense.shape.in_channels {
@@ -374,34 +381,34 @@ impl SegmapConv {
 
     fn gather(&self, labels: &[u32], edges: &[bool], h: usize, w: usize, out: &mut [f32]) {
         let co = self.dense.shape.out_channels;
-        // Pixel-major rows, then one blocked transpose into the NCHW output.
-        let mut rows = vec![0f32; h * w * co];
-        rows.par_chunks_mut(w * co)
+        // The pixels whose window is not uniform, and their full sums, pixel-major.
+        let border: Vec<usize> = (0..h * w)
+            .into_par_iter()
+            .filter(|&p| !self.is_interior(labels, edges, h, w, p % w, p / w))
+            .collect();
+        let mut sums = vec![0f32; border.len() * co];
+        sums.par_chunks_mut(co)
+            .zip(&border)
+            .for_each(|(acc, &p)| self.border_pixel(labels, edges, h, w, p % w, p / w, acc));
+        // Runs of one label along rows: label maps are piecewise constant, so each output
+        // plane is filled run by run at memset speed.
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        for (p, &label) in labels.iter().enumerate() {
+            if p % w == 0 || labels[p - 1] != label {
+                runs.push((p, 1));
+            } else if let Some(run) = runs.last_mut() {
+                run.1 += 1;
+            }
+        }
+        out.par_chunks_mut(h * w)
             .enumerate()
-            .for_each(|(y, line)| {
-                for x in 0..w {
-                    let acc = &mut line[x * co..(x + 1) * co];
-                    let p = y * w + x;
-                    if self.is_interior(labels, edges, h, w, x, y) {
-                        acc.copy_from_slice(&self.interior[labels[p] as usize * co..][..co]);
-                    } else {
-                        self.border_pixel(labels, edges, h, w, x, y, acc);
-                    }
+            .for_each(|(o, plane)| {
+                let interior = &self.interior[o * self.classes..][..self.classes];
+                for &(start, len) in &runs {
+                    plane[start..start + len].fill(interior[labels[start] as usize]);
                 }
-            });
-        // 16 output planes per task: each pixel's 16 values are one cache line of `rows`.
-        const GROUP: usize = 16;
-        let plane = h * w;
-        out.par_chunks_mut(GROUP * plane)
-            .enumerate()
-            .for_each(|(g, planes)| {
-                let o0 = g * GROUP;
-                let n = planes.len() / plane;
-                for p in 0..plane {
-                    let src = &rows[p * co + o0..][..n];
-                    for (j, &v) in src.iter().enumerate() {
-                        planes[j * plane + p] = v.max(0.0);
-                    }
+                for (i, &p) in border.iter().enumerate() {
+                    plane[p] = sums[i * co + o].max(0.0);
                 }
             });
     }
