@@ -123,6 +123,23 @@ impl Im2colConv {
     }
 }
 
+/// Runs `f` on `len` floats of this thread's scratch memory, whose contents are left over
+/// from earlier calls: `f` must write before it reads. A fresh allocation of this size costs
+/// one page fault per 4 KiB on first touch, which measured as much as the arithmetic of
+/// some layers; reusing it keeps at most the largest request per thread resident.
+pub(crate) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    thread_local!(static SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) });
+    // Taken out while in use, so that a nested call (rayon may run another op's task on
+    // this thread while it waits) gets a fresh buffer instead of aliasing this one.
+    let mut buf = SCRATCH.take();
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    let result = f(&mut buf[..len]);
+    SCRATCH.set(buf);
+    result
+}
+
 /// Output rows per im2col tile for an output `wo` wide.
 pub(crate) fn rows_per_tile(s: &ConvShape, ho: usize, wo: usize) -> usize {
     (TILE_ELEMENTS / (s.patch() * wo)).clamp(1, ho)
@@ -142,42 +159,43 @@ pub(crate) fn convolve_image(
     let (ho, wo) = s.out_size(h, w);
     let patch = s.patch();
     let tile_rows = rows_per_tile(s, ho, wo);
-    let mut cols = vec![0f32; patch * tile_rows * wo];
     if let Some(bias) = bias {
         for (o, plane) in out.chunks_exact_mut(ho * wo).enumerate() {
             plane.fill(bias[o]);
         }
     }
-    for y0 in (0..ho).step_by(tile_rows) {
-        let rows = tile_rows.min(ho - y0);
-        let pixels = rows * wo;
-        let cols = &mut cols[..patch * pixels];
-        im2col(x, h, w, s, y0, rows, wo, cols);
-        // out[:, y0.., :] (+)= weight (out x patch) * cols (patch x pixels)
-        unsafe {
-            gemm::gemm(
-                s.out_channels,
-                pixels,
-                patch,
-                out.as_mut_ptr().add(y0 * wo),
-                1,
-                (ho * wo) as isize,
-                bias.is_some(),
-                weight.as_ptr(),
-                1,
-                patch as isize,
-                cols.as_ptr(),
-                1,
-                pixels as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                Parallelism::Rayon(rayon::current_num_threads()),
-            );
+    with_scratch(patch * tile_rows * wo, |cols| {
+        for y0 in (0..ho).step_by(tile_rows) {
+            let rows = tile_rows.min(ho - y0);
+            let pixels = rows * wo;
+            let cols = &mut cols[..patch * pixels];
+            im2col(x, h, w, s, y0, rows, wo, cols);
+            // out[:, y0.., :] (+)= weight (out x patch) * cols (patch x pixels)
+            unsafe {
+                gemm::gemm(
+                    s.out_channels,
+                    pixels,
+                    patch,
+                    out.as_mut_ptr().add(y0 * wo),
+                    1,
+                    (ho * wo) as isize,
+                    bias.is_some(),
+                    weight.as_ptr(),
+                    1,
+                    patch as isize,
+                    cols.as_ptr(),
+                    1,
+                    pixels as isize,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    Parallelism::Rayon(rayon::current_num_threads()),
+                );
+            }
         }
-    }
+    });
 }
 
 /// Which output columns of a tile row a kernel tap reads from inside the image: for tap

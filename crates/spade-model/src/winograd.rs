@@ -16,6 +16,8 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use crate::kernels::with_scratch;
+
 /// Output pixels per tile side.
 const TILE: usize = 4;
 /// Input window side: `TILE + 3 - 1`.
@@ -137,27 +139,29 @@ impl Winograd {
         band_rows: usize,
     ) {
         let (tiles_y, tiles_x) = (h.div_ceil(TILE), w.div_ceil(TILE));
-        let mut v = vec![0f32; self.in_channels * POSITIONS * band_rows * tiles_x];
-        let mut m = vec![0f32; self.out_channels * POSITIONS * band_rows * tiles_x];
-        for ty0 in (0..tiles_y).step_by(band_rows) {
-            let rows = band_rows.min(tiles_y - ty0);
-            let tiles = rows * tiles_x;
-            let v = &mut v[..self.in_channels * POSITIONS * tiles];
-            let m = &mut m[..self.out_channels * POSITIONS * tiles];
-            v.par_chunks_mut(POSITIONS * tiles)
-                .enumerate()
-                .for_each(|(c, vc)| {
-                    transform_input(&x[c * h * w..][..h * w], h, w, ty0, rows, vc);
-                });
-            self.multiply(v, m, tiles);
-            m.par_chunks_mut(POSITIONS * tiles)
-                .zip(out.par_chunks_mut(h * w))
-                .enumerate()
-                .for_each(|(o, (mo, plane))| {
-                    let b = bias.map_or(0.0, |b| b[o]);
-                    transform_output(mo, h, w, ty0, rows, b, plane);
-                });
-        }
+        let band = POSITIONS * band_rows * tiles_x;
+        with_scratch((self.in_channels + self.out_channels) * band, |scratch| {
+            let (v, m) = scratch.split_at_mut(self.in_channels * band);
+            for ty0 in (0..tiles_y).step_by(band_rows) {
+                let rows = band_rows.min(tiles_y - ty0);
+                let tiles = rows * tiles_x;
+                let v = &mut v[..self.in_channels * POSITIONS * tiles];
+                let m = &mut m[..self.out_channels * POSITIONS * tiles];
+                v.par_chunks_mut(POSITIONS * tiles)
+                    .enumerate()
+                    .for_each(|(c, vc)| {
+                        transform_input(&x[c * h * w..][..h * w], h, w, ty0, rows, vc);
+                    });
+                self.multiply(v, m, tiles);
+                m.par_chunks_mut(POSITIONS * tiles)
+                    .zip(out.par_chunks_mut(h * w))
+                    .enumerate()
+                    .for_each(|(o, (mo, plane))| {
+                        let b = bias.map_or(0.0, |b| b[o]);
+                        transform_output(mo, h, w, ty0, rows, b, plane);
+                    });
+            }
+        });
     }
 
     /// Tile rows per band: as many as fit [`BAND_ELEMENTS`], at least one.
