@@ -35,7 +35,8 @@ awk '
   END {
     for (k in vals) {
       n = split(substr(vals[k], 2), a, " ")
-      asort(a)
+      for (i = 2; i <= n; i++)
+        for (j = i; j > 1 && a[j - 1] + 0 > a[j] + 0; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
       med[k] = (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
     }
     print "== medians over rounds (images/s) and spade / PyTorch"
