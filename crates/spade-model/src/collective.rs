@@ -5,7 +5,7 @@
 //! averaging the gradients before every optimiser step.
 //!
 //! [`InProcess`] connects ranks that are threads of one process (CPU, and the tests that
-//! prove `2 ranks x batch 1 == 1 rank x batch 2`); with the `nccl` feature, [`Nccl`] connects
+//! prove `2 ranks x batch 1 == 1 rank x batch 2`); with the `nccl` feature, `Nccl` connects
 //! one process per GPU.
 
 use std::sync::{Arc, Barrier, Mutex};

@@ -1,13 +1,14 @@
 //! CPU kernels for the convolutions that dominate SPADE, as candle custom ops.
 //!
-//! * [`Im2colConv`]: a convolution as im2col + one GEMM per tile of output rows, written
-//!   straight into the NCHW output. candle's built-in CPU conv2d re-packs its weights on
-//!   every call and copies single-threaded; this runs at the speed of the GEMM.
-//! * [`SegmapConv`]: the `mlp_shared` convolution over a segmentation map. When the input is
-//!   one-hot labels (plus an optional binary edge channel), each output pixel is a sum of
-//!   `k * k` weight rows picked by the neighbours' labels: `semantic_nc` times less work than
-//!   the dense convolution. Other inputs (any float semantics) take the dense path.
-//!
+//! * [`CpuConv2d`]: a convolution as im2col + one GEMM per tile of output rows, written
+//!   straight into the NCHW output, or for 3 x 3 kernels on larger maps by Winograd
+//!   ([`crate::winograd`]). candle's built-in CPU conv2d re-packs its weights on every call
+//!   and copies single-threaded; this runs at the speed of the GEMM.
+//! * [`SegmapConv`]: the `mlp_shared` convolution over a segmentation map, and its ReLU.
+//!   When the input is one-hot labels (plus an optional binary edge channel), each output
+//!   pixel is a sum of `k * k` weight rows picked by the neighbours' labels: `semantic_nc`
+//!   times less work than the dense convolution, and a table lookup inside regions of one
+//!   label. Other inputs (any float semantics) take the dense path.
 //! * [`Modulate`]: SPADE's parameter-free normalisation, `(1 + gamma) * x + beta` and the
 //!   leaky ReLU that follows it in one pass over memory instead of six temporaries.
 //!
@@ -49,9 +50,9 @@ impl ConvShape {
     }
 }
 
-/// A dense convolution by im2col + GEMM.
+/// A dense convolution: Winograd F(4x4, 3x3) where it applies and pays, else im2col + GEMM.
 #[derive(Debug, Clone)]
-pub struct Im2colConv {
+pub struct CpuConv2d {
     shape: ConvShape,
     /// `out_channels x (in_channels * k * k)`, row-major.
     weight: Arc<Vec<f32>>,
@@ -62,7 +63,7 @@ pub struct Im2colConv {
     winograd: Option<Arc<OnceLock<Winograd>>>,
 }
 
-impl Im2colConv {
+impl CpuConv2d {
     /// `weight`: out x in x k x k; `bias`: out.
     pub fn new(
         weight: &Tensor,
@@ -280,9 +281,9 @@ pub(crate) fn nchw<'a>(
     Ok((&data[start..end], [n, c, h, w]))
 }
 
-impl CustomOp1 for Im2colConv {
+impl CustomOp1 for CpuConv2d {
     fn name(&self) -> &'static str {
-        "im2col-conv2d"
+        "cpu-conv2d"
     }
 
     fn cpu_fwd(
@@ -306,7 +307,7 @@ impl CustomOp1 for Im2colConv {
 /// one-hot, else convolves.
 #[derive(Debug, Clone)]
 pub struct SegmapConv {
-    dense: Im2colConv,
+    dense: CpuConv2d,
     /// `[label][ky][kx][out]`: the weight column of each input channel, per tap.
     table: Arc<Vec<f32>>,
     /// `[out][label]`: `relu(bias + the sum over all taps)`, the output of any pixel whose
@@ -324,7 +325,7 @@ impl SegmapConv {
         classes: usize,
     ) -> candle_core::Result<Self> {
         let (_, _, k, _) = weight.dims4()?;
-        let dense = Im2colConv::new(weight, bias, 1, k / 2)?;
+        let dense = CpuConv2d::new(weight, bias, 1, k / 2)?;
         let s = dense.shape;
         if classes > s.in_channels || s.in_channels - classes > 1 {
             candle_core::bail!(
@@ -636,14 +637,14 @@ mod tests {
                 .unwrap()
                 .broadcast_add(&b.reshape((1, cout, 1, 1)).unwrap())
                 .unwrap();
-            let op = Im2colConv::new(&wt, Some(&b), stride, pad).unwrap();
+            let op = CpuConv2d::new(&wt, Some(&b), stride, pad).unwrap();
             let ours = x.apply_op1_no_bwd(&op).unwrap();
             assert_eq!(ours.dims(), expected.dims());
             assert!(
                 max_abs_diff(&ours, &expected) < 1e-4,
                 "{cin} {cout} {k} {stride}"
             );
-            let no_bias = Im2colConv::new(&wt, None, stride, pad).unwrap();
+            let no_bias = CpuConv2d::new(&wt, None, stride, pad).unwrap();
             let plain = x.conv2d(&wt, pad, stride, 1, 1).unwrap();
             assert!(max_abs_diff(&x.apply_op1_no_bwd(&no_bias).unwrap(), &plain) < 1e-4);
         }
@@ -656,7 +657,7 @@ mod tests {
         let dev = Device::Cpu;
         let x = Tensor::randn(0f32, 1., (1, 64, 8, 2048), &dev).unwrap();
         let wt = Tensor::randn(0f32, 1., (4, 64, 3, 3), &dev).unwrap();
-        let op = Im2colConv::new(&wt, None, 1, 1).unwrap();
+        let op = CpuConv2d::new(&wt, None, 1, 1).unwrap();
         assert_eq!(TILE_ELEMENTS / (op.shape.patch() * 2048), 3);
         let expected = x.conv2d(&wt, 1, 1, 1, 1).unwrap();
         assert!(max_abs_diff(&x.apply_op1_no_bwd(&op).unwrap(), &expected) < 1e-3);

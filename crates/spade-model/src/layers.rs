@@ -18,7 +18,7 @@ use std::sync::Arc;
 use crate::collective::{AllReduce, Collective};
 use crate::conv_grad::TrainableConv;
 use crate::fused::{channel_moments, normalize, Statistics};
-use crate::kernels::{Im2colConv, PlaneNorm, SegmapConv};
+use crate::kernels::{CpuConv2d, PlaneNorm, SegmapConv};
 
 /// Epsilon of PyTorch's BatchNorm2d and InstanceNorm2d.
 const NORM_EPS: f64 = 1e-5;
@@ -45,10 +45,10 @@ impl Mode {
 }
 
 /// A 2-D convolution with square kernel, zero padding and optional bias. For inference on
-/// the CPU it runs as im2col + GEMM ([`Im2colConv`]); elsewhere through candle's conv2d.
+/// the CPU it runs on our kernels ([`CpuConv2d`]); elsewhere through candle's conv2d.
 #[derive(Debug, Clone)]
 pub enum Conv2d {
-    Cpu(Im2colConv),
+    Cpu(CpuConv2d),
     Candle {
         weight: Tensor,
         bias: Option<Tensor>,
@@ -113,7 +113,7 @@ impl Conv2d {
         padding: usize,
     ) -> Result<Self> {
         if weight.device().is_cpu() && weight.dtype() == DType::F32 {
-            Ok(Conv2d::Cpu(Im2colConv::new(
+            Ok(Conv2d::Cpu(CpuConv2d::new(
                 &weight,
                 bias.as_ref(),
                 stride,

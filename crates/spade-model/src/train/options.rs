@@ -19,7 +19,7 @@ use crate::loss::GanMode;
     rename_all = "verbatim"
 )]
 pub struct TrainOptions {
-    /// Experiment name: checkpoints go to <checkpoints_dir>/<name>.
+    /// Experiment name: checkpoints go to `<checkpoints_dir>/<name>`.
     #[arg(long, default_value = "label2coco")]
     pub name: String,
     #[arg(long, default_value = "./checkpoints")]
