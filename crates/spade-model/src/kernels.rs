@@ -628,6 +628,8 @@ mod tests {
             (4, 6, 3, 2, 1, 16, 11),
             (2, 3, 5, 1, 2, 6, 6),
             (7, 2, 1, 1, 0, 5, 4),
+            // 8 x 9 tiles of 4 x 4: the Winograd path.
+            (3, 5, 3, 1, 1, 32, 36),
         ] {
             let x = Tensor::randn(0f32, 1., (2, cin, h, w), &dev).unwrap();
             let wt = Tensor::randn(0f32, 1., (cout, cin, k, k), &dev).unwrap();
@@ -764,5 +766,34 @@ mod tests {
         assert!(op.decode(&data, 36).is_none());
         let expected = x.conv2d(&wt, 1, 1, 1, 1).unwrap().relu().unwrap();
         assert!(max_abs_diff(&x.apply_op1_no_bwd(&op).unwrap(), &expected) < 1e-4);
+
+        // One-hot everywhere but one pixel with two labels, or with none.
+        let labels: Vec<u32> = (0..36).map(|p| (p % 4) as u32).collect();
+        let map = one_hot(&labels, &[0.0; 36], 4, 6, 6);
+        let mut data = map.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(op.decode(&data, 36).is_some());
+        data[2 * 36 + 7] = 1.0;
+        assert!(op.decode(&data, 36).is_none(), "two labels");
+        data[2 * 36 + 7] = 0.0;
+        data[36 + 5] = 0.0;
+        assert!(op.decode(&data, 36).is_none(), "no label");
+    }
+
+    #[test]
+    fn scratch_is_reused_and_never_shared_by_nested_calls() {
+        let first = with_scratch(64, |buf| {
+            buf.fill(7.0);
+            with_scratch(64, |inner| {
+                inner.fill(1.0);
+                inner.as_ptr()
+            });
+            assert!(buf.iter().all(|&v| v == 7.0));
+            buf.as_ptr()
+        });
+        // The outer buffer went back last: the next call gets it, contents and all.
+        with_scratch(32, |buf| {
+            assert_eq!(buf.as_ptr(), first);
+            assert_eq!(buf[0], 7.0);
+        });
     }
 }
