@@ -8,10 +8,11 @@
 //! (`out x pixels`): `dW += dY cols^T`, and `dX = col2im(W^T dY)`.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
-use gemm::Parallelism;
 use rayon::prelude::*;
 
-use crate::kernels::{convolve_image, for_each_tap_row, im2col, nchw, rows_per_tile, ConvShape};
+use crate::kernels::{
+    convolve_image, for_each_tap_row, gemm, im2col, nchw, rows_per_tile, ConvShape, Strided,
+};
 
 /// `conv2d(x, w)` (no bias) with stride and padding; `x`: N x C x H x W, `w`: O x C x k x k.
 #[derive(Debug, Clone, Copy)]
@@ -136,27 +137,27 @@ impl CustomOp2 for InputGrad {
                 let pixels = rows * wo;
                 let dcols = &mut dcols[..patch * pixels];
                 // dcols (patch x pixels) = W^T (patch x out) * dY[:, y0..] (out x pixels)
+                // SAFETY: `weight` is out x patch, `g` out x (ho * wo) from column `y0 * wo`.
                 unsafe {
-                    gemm::gemm(
-                        patch,
-                        pixels,
-                        s.out_channels,
-                        dcols.as_mut_ptr(),
-                        1,
-                        pixels as isize,
+                    gemm(
+                        (patch, pixels, s.out_channels),
+                        Strided {
+                            ptr: dcols.as_mut_ptr(),
+                            row: pixels,
+                            col: 1,
+                        },
+                        Strided {
+                            ptr: weight.as_ptr(),
+                            row: 1,
+                            col: patch,
+                        },
+                        Strided {
+                            ptr: g.as_ptr().add(y0 * wo),
+                            row: ho * wo,
+                            col: 1,
+                        },
                         false,
-                        weight.as_ptr(),
-                        patch as isize,
-                        1,
-                        g.as_ptr().add(y0 * wo),
-                        1,
-                        (ho * wo) as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        Parallelism::Rayon(rayon::current_num_threads()),
+                        true,
                     );
                 }
                 col2im(dcols, h, w, &s, y0, rows, wo, dst);
@@ -207,27 +208,27 @@ impl CustomOp2 for WeightGrad {
                 let cols = &mut cols[..patch * pixels];
                 im2col(img, h, w, &s, y0, rows, wo, cols);
                 // dW (out x patch) += dY[:, y0..] (out x pixels) * cols^T (pixels x patch)
+                // SAFETY: `g` is out x (ho * wo) from column `y0 * wo`, `cols` patch x pixels.
                 unsafe {
-                    gemm::gemm(
-                        out_channels,
-                        patch,
-                        pixels,
-                        dw.as_mut_ptr(),
-                        1,
-                        patch as isize,
+                    gemm(
+                        (out_channels, patch, pixels),
+                        Strided {
+                            ptr: dw.as_mut_ptr(),
+                            row: patch,
+                            col: 1,
+                        },
+                        Strided {
+                            ptr: g.as_ptr().add(y0 * wo),
+                            row: ho * wo,
+                            col: 1,
+                        },
+                        Strided {
+                            ptr: cols.as_ptr(),
+                            row: 1,
+                            col: pixels,
+                        },
                         true,
-                        g.as_ptr().add(y0 * wo),
-                        1,
-                        (ho * wo) as isize,
-                        cols.as_ptr(),
-                        pixels as isize,
-                        1,
-                        1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        Parallelism::Rayon(rayon::current_num_threads()),
+                        true,
                     );
                 }
             }

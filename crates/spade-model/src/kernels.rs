@@ -124,6 +124,60 @@ impl CpuConv2d {
     }
 }
 
+/// A matrix operand of [`gemm`]: element `(i, j)` at `ptr + i * row + j * col`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Strided<P> {
+    pub ptr: P,
+    pub row: usize,
+    pub col: usize,
+}
+
+/// `dst (m x n) = lhs (m x k) * rhs (k x n)`, plus the old `dst` when `accumulate`; across the
+/// rayon pool when `parallel`.
+///
+/// # Safety
+/// Every element the sizes and strides address must lie inside its operand's allocation, and
+/// `dst` must not overlap `lhs` or `rhs` nor be written by anyone else meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm(
+    (m, n, k): (usize, usize, usize),
+    dst: Strided<*mut f32>,
+    lhs: Strided<*const f32>,
+    rhs: Strided<*const f32>,
+    accumulate: bool,
+    parallel: bool,
+) {
+    let parallelism = if parallel {
+        Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        Parallelism::None
+    };
+    // SAFETY: the caller's contract.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.ptr,
+            dst.col as isize,
+            dst.row as isize,
+            accumulate,
+            lhs.ptr,
+            lhs.col as isize,
+            lhs.row as isize,
+            rhs.ptr,
+            rhs.col as isize,
+            rhs.row as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
 /// Runs `f` on `len` floats of this thread's scratch memory, whose contents are left over
 /// from earlier calls: `f` must write before it reads. A fresh allocation of this size costs
 /// one page fault per 4 KiB on first touch, which measured as much as the arithmetic of
@@ -172,27 +226,27 @@ pub(crate) fn convolve_image(
             let cols = &mut cols[..patch * pixels];
             im2col(x, h, w, s, y0, rows, wo, cols);
             // out[:, y0.., :] (+)= weight (out x patch) * cols (patch x pixels)
+            // SAFETY: `out` is out x (ho * wo), this tile's columns start at `y0 * wo`.
             unsafe {
-                gemm::gemm(
-                    s.out_channels,
-                    pixels,
-                    patch,
-                    out.as_mut_ptr().add(y0 * wo),
-                    1,
-                    (ho * wo) as isize,
+                gemm(
+                    (s.out_channels, pixels, patch),
+                    Strided {
+                        ptr: out.as_mut_ptr().add(y0 * wo),
+                        row: ho * wo,
+                        col: 1,
+                    },
+                    Strided {
+                        ptr: weight.as_ptr(),
+                        row: patch,
+                        col: 1,
+                    },
+                    Strided {
+                        ptr: cols.as_ptr(),
+                        row: pixels,
+                        col: 1,
+                    },
                     bias.is_some(),
-                    weight.as_ptr(),
-                    1,
-                    patch as isize,
-                    cols.as_ptr(),
-                    1,
-                    pixels as isize,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    Parallelism::Rayon(rayon::current_num_threads()),
+                    true,
                 );
             }
         }

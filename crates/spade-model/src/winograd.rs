@@ -13,10 +13,9 @@
 //! The points 0, +-1, +-2 of F(4x4, 3x3) keep float32 error a small multiple of the direct
 //! convolution's (see the tests); the parity fixtures hold unchanged.
 
-use gemm::Parallelism;
 use rayon::prelude::*;
 
-use crate::kernels::with_scratch;
+use crate::kernels::{gemm, with_scratch, Strided};
 
 /// Output pixels per tile side.
 const TILE: usize = 4;
@@ -173,33 +172,32 @@ impl Winograd {
     /// `m[out][xi][tile] = sum_in u[xi][out][in] * v[in][xi][tile]`, one GEMM per position.
     fn multiply(&self, v: &[f32], m: &mut [f32], tiles: usize) {
         let (ci, co) = (self.in_channels, self.out_channels);
-        let stride = (POSITIONS * tiles) as isize;
+        let stride = POSITIONS * tiles;
         let m_ptr = SendPtr(m.as_mut_ptr());
         (0..POSITIONS).into_par_iter().for_each(|xi| {
             let m_ptr = &m_ptr;
             // SAFETY: position `xi` writes only the columns `xi * tiles..(xi + 1) * tiles` of
             // each row of `m`, disjoint from every other position's; `u` and `v` are read.
             unsafe {
-                gemm::gemm(
-                    co,
-                    tiles,
-                    ci,
-                    m_ptr.0.add(xi * tiles),
-                    1,
-                    stride,
+                gemm(
+                    (co, tiles, ci),
+                    Strided {
+                        ptr: m_ptr.0.add(xi * tiles),
+                        row: stride,
+                        col: 1,
+                    },
+                    Strided {
+                        ptr: self.u.as_ptr().add(xi * co * ci),
+                        row: ci,
+                        col: 1,
+                    },
+                    Strided {
+                        ptr: v.as_ptr().add(xi * tiles),
+                        row: stride,
+                        col: 1,
+                    },
                     false,
-                    self.u.as_ptr().add(xi * co * ci),
-                    1,
-                    ci as isize,
-                    v.as_ptr().add(xi * tiles),
-                    1,
-                    stride,
-                    0.0,
-                    1.0,
                     false,
-                    false,
-                    false,
-                    Parallelism::None,
                 );
             }
         });
