@@ -10,8 +10,9 @@
 //! across whole rows of tiles so that they vectorise; the image is processed a band of tile
 //! rows at a time so that the transformed band stays in cache.
 //!
-//! The points 0, +-1, +-2 of F(4x4, 3x3) keep float32 error a small multiple of the direct
-//! convolution's (see the tests); the parity fixtures hold unchanged.
+//! With the points 0, +-1, +-2 the float32 error is about 16x the direct convolution's
+//! (3.6e-5 vs 2.2e-6 at 128 input channels, outputs of order 1; see the tests), which the
+//! parity fixtures' tolerances absorb with room to spare.
 
 use rayon::prelude::*;
 
