@@ -114,10 +114,11 @@ impl Normalize {
         }
     }
 
-    /// `(sum of f(plane element), count)` per group, accumulated in f64.
-    fn per_group(&self, dims: [usize; 4], f: impl Fn(usize, usize) -> f64 + Sync) -> Vec<f64> {
+    /// The mean of `f(plane, element)` over each group, accumulated in f64.
+    fn group_means(&self, dims: [usize; 4], f: impl Fn(usize, usize) -> f64 + Sync) -> Vec<f64> {
         let [n, c, h, w] = dims;
         let plane = h * w;
+        let count = self.count(dims);
         (0..self.groups(n, c))
             .into_par_iter()
             .map(|g| {
@@ -125,10 +126,11 @@ impl Normalize {
                     Statistics::Instance => vec![g],
                     Statistics::Batch => (0..n).map(|i| i * c + g).collect(),
                 };
-                planes
+                let sum = planes
                     .iter()
                     .map(|&p| (0..plane).map(|i| f(p, p * plane + i)).sum::<f64>())
-                    .sum::<f64>()
+                    .sum::<f64>();
+                sum / count
             })
             .collect()
     }
@@ -143,20 +145,11 @@ impl Normalize {
 
     /// Mean and biased variance per group.
     fn moments(&self, x: &[f32], dims: [usize; 4]) -> (Vec<f64>, Vec<f64>) {
-        let count = self.count(dims);
-        let mean: Vec<f64> = self
-            .per_group(dims, |_, i| f64::from(x[i]))
-            .into_iter()
-            .map(|s| s / count)
-            .collect();
+        let mean = self.group_means(dims, |_, i| f64::from(x[i]));
         let c = dims[1];
-        let var = self
-            .per_group(dims, |p, i| {
-                (f64::from(x[i]) - mean[self.group_of(p, c)]).powi(2)
-            })
-            .into_iter()
-            .map(|s| s / count)
-            .collect();
+        let var = self.group_means(dims, |p, i| {
+            (f64::from(x[i]) - mean[self.group_of(p, c)]).powi(2)
+        });
         (mean, var)
     }
 
@@ -239,17 +232,8 @@ impl CustomOp3 for Normalize {
         let dy = slice(gs, gl, "normalize")?;
         let dims = dims4(xl)?;
         let inv_std = self.inv_std(&self.moments(x, dims).1);
-        let count = self.count(dims);
-        let mean_dy: Vec<f64> = self
-            .per_group(dims, |_, i| f64::from(dy[i]))
-            .into_iter()
-            .map(|s| s / count)
-            .collect();
-        let mean_dy_y: Vec<f64> = self
-            .per_group(dims, |_, i| f64::from(dy[i]) * f64::from(y[i]))
-            .into_iter()
-            .map(|s| s / count)
-            .collect();
+        let mean_dy = self.group_means(dims, |_, i| f64::from(dy[i]));
+        let mean_dy_y = self.group_means(dims, |_, i| f64::from(dy[i]) * f64::from(y[i]));
         let plane = dims[2] * dims[3];
         let mut dx = vec![0f32; x.len()];
         dx.par_chunks_mut(plane).enumerate().for_each(|(p, out)| {

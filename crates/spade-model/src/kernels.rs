@@ -138,7 +138,6 @@ pub(crate) struct Strided<P> {
 /// # Safety
 /// Every element the sizes and strides address must lie inside its operand's allocation, and
 /// `dst` must not overlap `lhs` or `rhs` nor be written by anyone else meanwhile.
-#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn gemm(
     (m, n, k): (usize, usize, usize),
     dst: Strided<*mut f32>,
@@ -399,8 +398,8 @@ impl SegmapConv {
         let co = s.out_channels;
         let mut interior = vec![0f32; co * classes];
         for (o, row) in interior.chunks_exact_mut(classes).enumerate() {
+            let bias = dense.bias.as_ref().map_or(0.0, |b| b[o]);
             for (label, v) in row.iter_mut().enumerate() {
-                let bias = dense.bias.as_ref().map_or(0.0, |b| b[o]);
                 let taps = (0..k * k).map(|t| table[(label * k * k + t) * co + o]);
                 *v = taps.fold(bias, |a, w| a + w).max(0.0);
             }
