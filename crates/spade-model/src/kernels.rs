@@ -833,6 +833,46 @@ mod tests {
     }
 
     #[test]
+    fn misshapen_inputs_are_errors_that_say_what_was_expected() {
+        let dev = Device::Cpu;
+        let err = |r: candle_core::Result<Tensor>| r.unwrap_err().to_string();
+        let x = Tensor::zeros((1, 4, 6, 6), candle_core::DType::F32, &dev).unwrap();
+
+        let wt = Tensor::zeros((2, 3, 3, 3), candle_core::DType::F32, &dev).unwrap();
+        let conv = CpuConv2d::new(&wt, None, 1, 1).unwrap();
+        let msg = err(x.apply_op1_no_bwd(&conv));
+        assert!(
+            msg.contains("conv expects 3 input channels, got 4"),
+            "{msg}"
+        );
+        let oblong = Tensor::zeros((2, 3, 3, 1), candle_core::DType::F32, &dev).unwrap();
+        let msg = CpuConv2d::new(&oblong, None, 1, 1).unwrap_err().to_string();
+        assert!(msg.contains("only square kernels, got 3x1"), "{msg}");
+
+        let seg = SegmapConv::new(&wt, None, 2).unwrap();
+        let msg = err(x.apply_op1_no_bwd(&seg));
+        assert!(
+            msg.contains("mlp_shared expects 3 input channels, got 4"),
+            "{msg}"
+        );
+        let msg = SegmapConv::new(&wt, None, 1).unwrap_err().to_string();
+        assert!(
+            msg.contains("1 label channels do not fit 3 input channels"),
+            "{msg}"
+        );
+
+        let modulate = Modulate {
+            norm: PlaneNorm::Instance,
+            leaky_relu: false,
+        };
+        let msg = err(x.apply_op2_no_bwd(&x, &modulate));
+        assert!(
+            msg.contains("gamma/beta of shape [1, 8, 6, 6], got [1, 4, 6, 6]"),
+            "{msg}"
+        );
+    }
+
+    #[test]
     fn scratch_is_reused_and_never_shared_by_nested_calls() {
         let first = with_scratch(64, |buf| {
             buf.fill(7.0);
