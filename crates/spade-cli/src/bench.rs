@@ -8,9 +8,9 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use rand::{Rng, SeedableRng};
-use spade_model::generator::Generator;
-use spade_model::preprocess::Preprocessor;
-use spade_model::resample::Raster;
+use spade_model::io::preprocess::Preprocessor;
+use spade_model::io::resample::Raster;
+use spade_model::nets::generator::Generator;
 use spade_model::Config;
 
 #[derive(clap::Args)]

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use candle_core::Tensor;
-use spade_model::preprocess::{decode_photo, Preprocessor};
+use spade_model::io::preprocess::{decode_photo, Preprocessor};
 use spade_model::SpadeModel;
 
 #[derive(clap::Args)]

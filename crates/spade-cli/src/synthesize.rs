@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
-use spade_model::preprocess::{decode_id_png, to_rgb8, Preprocessor};
+use spade_model::io::preprocess::{decode_id_png, to_rgb8, Preprocessor};
 use spade_model::SpadeModel;
 
 #[derive(clap::Args)]

@@ -1,37 +1,23 @@
 //! SPADE (GauGAN, Park et al., CVPR 2019) semantic image synthesis in candle, numerically
 //! matching the official PyTorch networks and loading their checkpoints as they are.
 //!
-//! Data flow: [`preprocess`] turns label/instance/photo files into tensors, [`model`]
-//! holds the [`generator`] and [`encoder`] built from a [`checkpoint`] and a [`config`].
-//! [`train`] adds the [`discriminator`], the [`loss`]es, the [`vgg`] features and the
-//! [`optim`]iser of the official training loop.
+//! The map, with the direction of use `train → nets → ops`, `io` beside them:
+//! * [`model`] — the entry point: a loaded generator (+ style encoder) from a checkpoint.
+//! * [`nets`] — the networks the paper defines: generator, SPADE, encoder, discriminator, VGG.
+//! * [`ops`] — the CPU custom ops under them: convolutions, Winograd, gather, fused norms.
+//! * [`io`] — checkpoints, `opt.txt` config, input preprocessing, PIL resampling, palette.
+//! * [`train`] — losses, Adam, collectives, options, datasets, one step and the loop.
 
-pub mod checkpoint;
-pub mod collective;
-pub mod config;
-pub mod conv_grad;
-pub mod discriminator;
-pub mod encoder;
 pub mod error;
-pub mod fused;
-pub mod generator;
-pub mod kernels;
-pub mod layers;
-pub mod loss;
+pub mod io;
 pub mod model;
-pub mod optim;
-pub mod palette;
-pub mod preprocess;
-pub mod resample;
-pub mod resblock;
-pub mod spade;
+pub mod nets;
+pub mod ops;
 #[cfg(test)]
 mod test_util;
 pub mod train;
-pub mod vgg;
-pub mod winograd;
 
-pub use checkpoint::Checkpoint;
-pub use config::Config;
 pub use error::{Error, Result};
+pub use io::checkpoint::Checkpoint;
+pub use io::config::Config;
 pub use model::SpadeModel;

@@ -7,11 +7,11 @@ use candle_core::{DType, Device, Tensor};
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
 
-use crate::checkpoint::Checkpoint;
-use crate::config::Config;
-use crate::encoder::{reparameterize, Encoder};
 use crate::error::{Error, Result};
-use crate::generator::Generator;
+use crate::io::checkpoint::Checkpoint;
+use crate::io::config::Config;
+use crate::nets::encoder::{reparameterize, Encoder};
+use crate::nets::generator::Generator;
 
 #[derive(Debug, Clone)]
 pub struct SpadeModel {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use common::{case, read};
-use spade_model::checkpoint::{pth, Checkpoint};
+use spade_model::io::checkpoint::{pth, Checkpoint};
 use spade_model::SpadeModel;
 
 /// A checkpoint folder in a temp dir with the coco case's opt.txt and the given G file.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use common::{case, max_abs, max_abs_diff, npy};
-use spade_model::collective::{Collective, InProcess};
+use spade_model::train::collective::{Collective, InProcess};
 use spade_model::train::options::TrainOptions;
 use spade_model::train::step::{Batch, Start, Trainer};
 

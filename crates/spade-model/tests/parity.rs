@@ -4,8 +4,8 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use common::{assert_close, case, npy, read};
-use spade_model::checkpoint::{pth, Checkpoint, StateDict};
-use spade_model::preprocess::{decode_id_png, Preprocessor};
+use spade_model::io::checkpoint::{pth, Checkpoint, StateDict};
+use spade_model::io::preprocess::{decode_id_png, Preprocessor};
 use spade_model::SpadeModel;
 
 fn cpu() -> Device {

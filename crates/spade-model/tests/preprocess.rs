@@ -4,7 +4,7 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use common::{case, max_abs_diff, npy, read};
-use spade_model::preprocess::{decode_id_png, decode_photo, IdMap, Preprocessor};
+use spade_model::io::preprocess::{decode_id_png, decode_photo, IdMap, Preprocessor};
 use spade_model::Config;
 
 fn id_tensor(map: &IdMap) -> Tensor {
@@ -122,7 +122,7 @@ fn non_png_and_colour_labels_are_rejected() {
 
 #[test]
 fn decode_limits_are_checked_from_the_header() {
-    use spade_model::preprocess::DecodeLimits;
+    use spade_model::io::preprocess::DecodeLimits;
     let dir = case("gen_coco_eval");
     let small = DecodeLimits {
         max_side: 32,

@@ -26,7 +26,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use common::{case, case_json, max_abs, max_abs_diff, npy};
 use serde_json::Value;
-use spade_model::checkpoint::pth;
+use spade_model::io::checkpoint::pth;
 use spade_model::train::options::TrainOptions;
 use spade_model::train::step::{Batch, Start, Trainer};
 

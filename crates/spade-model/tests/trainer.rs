@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Device, Tensor};
 use clap::Parser;
 use common::{case, max_abs_diff};
-use spade_model::checkpoint::pth;
-use spade_model::preprocess::to_rgb8;
+use spade_model::io::checkpoint::pth;
+use spade_model::io::preprocess::to_rgb8;
 use spade_model::train::options::TrainOptions;
 use spade_model::SpadeModel;
 
@@ -69,8 +69,8 @@ fn make_dataset(root: &Path, count: usize, size: u32) -> (PathBuf, PathBuf) {
 fn dataset_l1(folder: &Path, labels: &Path, images: &Path) -> f64 {
     let model = SpadeModel::load(folder, &Device::Cpu).expect("the server loads trainer output");
     let config = model.config.clone();
-    let pre = spade_model::preprocess::Preprocessor::new(&config);
-    let limits = spade_model::preprocess::DecodeLimits::default();
+    let pre = spade_model::io::preprocess::Preprocessor::new(&config);
+    let limits = spade_model::io::preprocess::DecodeLimits::default();
     let mut total = 0.0;
     let mut count = 0.0;
     let mut files: Vec<_> = std::fs::read_dir(labels)
@@ -79,7 +79,7 @@ fn dataset_l1(folder: &Path, labels: &Path, images: &Path) -> f64 {
         .collect();
     files.sort();
     for label_path in files {
-        let raw = spade_model::preprocess::decode_id_png(
+        let raw = spade_model::io::preprocess::decode_id_png(
             &std::fs::read(&label_path).unwrap(),
             "label",
             &limits,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use axum::extract::DefaultBodyLimit;
-use spade_model::preprocess::DecodeLimits;
+use spade_model::io::preprocess::DecodeLimits;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};

@@ -2,7 +2,7 @@
 //! for the official datasets (COCO-Stuff 182, ADE20K 150, Cityscapes 35) and numbered
 //! classes otherwise. Colours follow the reference visualiser (`util.labelcolormap`).
 
-use spade_model::palette::voc_colour;
+use spade_model::io::palette::voc_colour;
 use std::collections::HashMap;
 
 use serde::Serialize;

@@ -3,9 +3,9 @@
 use std::io::Cursor;
 
 use candle_core::{Device, Tensor};
+use spade_model::io::preprocess::{to_rgb8, Preprocessor};
+use spade_model::io::resample::Raster;
 use spade_model::model::standard_normal;
-use spade_model::preprocess::{to_rgb8, Preprocessor};
-use spade_model::resample::Raster;
 use spade_model::SpadeModel;
 
 use crate::error::ApiError;

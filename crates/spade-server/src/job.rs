@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
-use spade_model::preprocess::IdMap;
+use spade_model::io::preprocess::IdMap;
 use tokio::sync::oneshot;
 
 use crate::error::ApiError;

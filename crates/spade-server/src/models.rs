@@ -3,7 +3,7 @@
 use anyhow::{Context, Result};
 use candle_core::Device;
 use serde::Serialize;
-use spade_model::preprocess::Preprocessor;
+use spade_model::io::preprocess::Preprocessor;
 use spade_model::{Checkpoint, Config, SpadeModel};
 
 use crate::classes::{Class, ClassTable};

@@ -20,7 +20,7 @@ use crate::error::ApiError;
 use crate::job::{BatchMeta, Done, Job, Outcome, Task};
 use crate::models::{self, ModelInfo};
 use crate::{page, request, validate};
-use spade_model::preprocess::DecodeLimits;
+use spade_model::io::preprocess::DecodeLimits;
 
 /// The served OpenAPI document (the repository's top-level `openapi.yaml`).
 pub const OPENAPI: &str = include_str!("../../../openapi.yaml");

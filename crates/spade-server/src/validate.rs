@@ -3,8 +3,8 @@
 
 use std::io::Cursor;
 
-use spade_model::preprocess::{decode_id_png, decode_photo, DecodeLimits, IdMap};
-use spade_model::resample::Raster;
+use spade_model::io::preprocess::{decode_id_png, decode_photo, DecodeLimits, IdMap};
+use spade_model::io::resample::Raster;
 
 use crate::error::ApiError;
 use crate::job::{EncodeTask, ImageFormat, OutputSpec, Style, SynthesizeTask};

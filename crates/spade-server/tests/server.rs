@@ -119,7 +119,7 @@ async fn served_png_matches_the_reference_output() {
 
     let dir = common::case("gen_coco_eval");
     let expected = common::npy(&dir, "output.npy").narrow(0, 0, 1).unwrap();
-    let expected = spade_model::preprocess::to_rgb8(&expected)
+    let expected = spade_model::io::preprocess::to_rgb8(&expected)
         .unwrap()
         .remove(0);
     assert_eq!(

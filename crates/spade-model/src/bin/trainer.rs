@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use candle_core::Device;
 use clap::Parser;
-use spade_model::collective::Collective;
 use spade_model::model::parse_device;
+use spade_model::train::collective::Collective;
 use spade_model::train::options::TrainOptions;
 use spade_model::train::run::train;
 use spade_model::{Error, Result};
@@ -77,7 +77,7 @@ fn join_group(
         std::fs::create_dir_all(options.experiment_dir())
             .map_err(|e| Error::io(&options.experiment_dir(), e))?;
     }
-    let group = spade_model::collective::Nccl::join(&device, rank, world, &id_file)?;
+    let group = spade_model::train::collective::Nccl::join(&device, rank, world, &id_file)?;
     Ok((device, Some(Arc::new(group))))
 }
 

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
-use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::preprocess::{
+use crate::io::config::Config;
+use crate::io::preprocess::{
     decode_id_png, decode_photo, Augmentation, DecodeLimits, IdMap, Preprocessor,
 };
 use crate::train::options::TrainOptions;

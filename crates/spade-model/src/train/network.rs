@@ -12,8 +12,8 @@ use candle_nn::{VarBuilder, VarMap};
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 
-use crate::checkpoint::{pth, pth_write};
 use crate::error::{Error, Result};
+use crate::io::checkpoint::{pth, pth_write};
 
 /// State-dict names ending in these are buffers, not parameters.
 const BUFFER_SUFFIXES: [&str; 5] = [
@@ -46,7 +46,7 @@ impl NetworkState {
         }
     }
 
-    /// The builder a network is constructed with (in [`Mode::Train`](crate::layers::Mode)).
+    /// The builder a network is constructed with (in [`Mode::Train`](crate::nets::layers::Mode)).
     pub fn var_builder(&self) -> VarBuilder<'static> {
         VarBuilder::from_varmap(&self.vars, self.dtype, &self.device)
     }

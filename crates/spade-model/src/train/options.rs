@@ -6,10 +6,10 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use crate::config::{Config, ConvNorm, GeneratorNorm, PreprocessMode, Upsampling};
-use crate::discriminator::DiscriminatorConfig;
 use crate::error::{Error, Result};
-use crate::loss::GanMode;
+use crate::io::config::{Config, ConvNorm, GeneratorNorm, PreprocessMode, Upsampling};
+use crate::nets::discriminator::DiscriminatorConfig;
+use crate::train::loss::GanMode;
 
 #[derive(Debug, Clone, Parser)]
 #[command(

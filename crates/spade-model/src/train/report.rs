@@ -11,11 +11,11 @@ use candle_core::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{bytes, write_atomically};
 use crate::error::{Error, Result};
-use crate::palette::voc_colour;
-use crate::preprocess::{to_rgb8, IdMap};
-use crate::resample::Raster;
+use crate::io::checkpoint::{bytes, write_atomically};
+use crate::io::palette::voc_colour;
+use crate::io::preprocess::{to_rgb8, IdMap};
+use crate::io::resample::Raster;
 
 /// Grids show at most this many samples of a batch.
 const GRID_ROWS: usize = 4;

@@ -20,10 +20,10 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{bytes, partial_path, pth_write, write_atomically, write_partial};
-use crate::collective::Collective;
 use crate::error::{Error, Result};
+use crate::io::checkpoint::{bytes, partial_path, pth_write, write_atomically, write_partial};
 use crate::model::standard_normal;
+use crate::train::collective::Collective;
 use crate::train::dataset::Dataset;
 use crate::train::options::{TrainConfig, TrainOptions};
 use crate::train::report::{LossRecord, Reporter};

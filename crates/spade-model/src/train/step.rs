@@ -10,17 +10,17 @@ use std::sync::Arc;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor};
 
-use crate::collective::{AllReduce, Collective};
-use crate::discriminator::MultiscaleDiscriminator;
-use crate::encoder::{reparameterize, Encoder};
 use crate::error::{Error, Result};
-use crate::generator::Generator;
-use crate::layers::Mode;
-use crate::loss::{self, Target};
-use crate::optim::{Adam, AdamConfig};
+use crate::nets::discriminator::MultiscaleDiscriminator;
+use crate::nets::encoder::{reparameterize, Encoder};
+use crate::nets::generator::Generator;
+use crate::nets::layers::Mode;
+use crate::nets::vgg::Vgg19;
+use crate::ops::all_reduce::{AllReduce, Collective};
+use crate::train::loss::{self, Target};
 use crate::train::network::NetworkState;
+use crate::train::optim::{Adam, AdamConfig};
 use crate::train::options::TrainConfig;
-use crate::vgg::Vgg19;
 
 /// Adam's epsilon in the official optimisers (PyTorch's default).
 const ADAM_EPS: f64 = 1e-8;

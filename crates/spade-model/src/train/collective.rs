@@ -1,8 +1,6 @@
-//! Data-parallel training: what the ranks of a job exchange. Each rank runs its own copy of
-//! the networks on its slice of the global batch; the only communication is an element-wise
-//! sum over ranks ([`AllReduce`]), used for the synchronized batch-norm statistics (whose
-//! backward is again an all-reduce, as in the reference's `SynchronizedBatchNorm2d`) and for
-//! averaging the gradients before every optimiser step.
+//! Data-parallel training: the transports over which the ranks of a job sum tensors. Each
+//! rank runs its own copy of the networks on its slice of the global batch; the only
+//! communication is [`AllReduce`](crate::ops::all_reduce::AllReduce) over a [`Collective`].
 //!
 //! [`InProcess`] connects ranks that are threads of one process (CPU, and the tests that
 //! prove `2 ranks x batch 1 == 1 rank x batch 2`); with the `nccl` feature, `Nccl` connects
@@ -10,93 +8,7 @@
 
 use std::sync::{Arc, Barrier, Mutex};
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
-
-use crate::error::Result;
-
-/// A group of ranks that can sum tensors across all of them.
-pub trait Collective: Send + Sync + std::fmt::Debug {
-    fn rank(&self) -> usize;
-    fn world_size(&self) -> usize;
-
-    /// Sums `values` element-wise over all ranks; every rank passes the same length, in the
-    /// same order of calls, and receives the sum.
-    fn all_reduce_host(&self, values: &[f64]) -> candle_core::Result<Vec<f64>>;
-
-    /// The same on GPU memory, without a round trip through the host.
-    #[cfg(feature = "cuda")]
-    fn all_reduce_cuda(
-        &self,
-        storage: &candle_core::CudaStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<candle_core::CudaStorage> {
-        let _ = (storage, layout);
-        candle_core::bail!("this collective cannot reduce GPU tensors")
-    }
-}
-
-/// Element-wise sum over the ranks of a group, as a differentiable op: the gradient of a
-/// sum over ranks, seen from every rank, is the sum of the ranks' output gradients.
-#[derive(Debug, Clone)]
-pub struct AllReduce(pub Arc<dyn Collective>);
-
-impl AllReduce {
-    pub fn apply(&self, t: &Tensor) -> Result<Tensor> {
-        Ok(t.contiguous()?.apply_op1(self.clone())?)
-    }
-}
-
-impl CustomOp1 for AllReduce {
-    fn name(&self) -> &'static str {
-        "all-reduce-sum"
-    }
-
-    fn cpu_fwd(
-        &self,
-        storage: &CpuStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (start, end) = layout
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("all-reduce takes contiguous tensors".into()))?;
-        let out = match storage {
-            CpuStorage::F32(v) => {
-                let wide: Vec<f64> = v[start..end].iter().map(|&x| f64::from(x)).collect();
-                CpuStorage::F32(
-                    self.0
-                        .all_reduce_host(&wide)?
-                        .into_iter()
-                        .map(|x| x as f32)
-                        .collect(),
-                )
-            }
-            CpuStorage::F64(v) => CpuStorage::F64(self.0.all_reduce_host(&v[start..end])?),
-            _ => candle_core::bail!("all-reduce takes f32 or f64 tensors"),
-        };
-        Ok((out, layout.shape().clone()))
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        storage: &candle_core::CudaStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        Ok((
-            self.0.all_reduce_cuda(storage, layout)?,
-            layout.shape().clone(),
-        ))
-    }
-
-    fn bwd(
-        &self,
-        _arg: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(grad.contiguous()?.apply_op1(self.clone())?))
-    }
-}
+pub use crate::ops::all_reduce::Collective;
 
 /// Ranks that are threads of one process, meeting at a barrier.
 #[derive(Debug)]
@@ -217,7 +129,10 @@ mod nccl {
             let id = if rank == 0 {
                 let id = Id::new().map_err(|e| fail(format!("{e:?}")))?;
                 let bytes: Vec<u8> = id.internal().iter().map(|&c| c as u8).collect();
-                crate::checkpoint::write_atomically(id_file, crate::checkpoint::bytes(&bytes))?;
+                crate::io::checkpoint::write_atomically(
+                    id_file,
+                    crate::io::checkpoint::bytes(&bytes),
+                )?;
                 id
             } else {
                 // An id file older than this rank is a previous run's: wait for the new one.

@@ -4,10 +4,10 @@
 use candle_core::{DType, Module, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::config::Config;
 use crate::error::Result;
-use crate::kernels::Modulate;
-use crate::layers::{ConvSpec, Mode, Norm, SegConv2d, StackedConv2d};
+use crate::io::config::Config;
+use crate::nets::layers::{ConvSpec, Mode, Norm, SegConv2d, StackedConv2d};
+use crate::ops::modulate::Modulate;
 
 /// Hidden width of the SPADE convolutions, fixed in the official code.
 const HIDDEN: usize = 128;
@@ -73,7 +73,7 @@ impl Spade {
         let (gamma, beta) = self.mlp_gamma_beta.forward(&actv)?;
         let out = ((normalized * (gamma + 1.0)?)? + beta)?;
         Ok(if leaky_relu {
-            crate::layers::leaky_relu(&out)?
+            crate::nets::layers::leaky_relu(&out)?
         } else {
             out
         })

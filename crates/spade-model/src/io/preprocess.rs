@@ -15,9 +15,9 @@ use std::io::Cursor;
 use candle_core::{Device, Tensor};
 use image::ImageReader;
 
-use crate::config::{round_half_even, Config, PreprocessMode};
 use crate::error::{Error, Result};
-use crate::resample::Raster;
+use crate::io::config::{round_half_even, Config, PreprocessMode};
+use crate::io::resample::Raster;
 
 /// How large an input file may be once decoded: checked from the header, before any
 /// pixel is decoded, so a small compressed file cannot claim gigabytes.

@@ -7,8 +7,8 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
-use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::io::config::Config;
 
 /// Metadata key holding the config JSON.
 const CONFIG_KEY: &str = "spade_config";

@@ -4,10 +4,10 @@
 use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::config::{Config, Upsampling};
 use crate::error::{Error, Result};
-use crate::layers::{leaky_relu, resize_nearest, upsample2x, Conv2d, ConvSpec, Linear, Mode};
-use crate::resblock::SpadeResBlock;
+use crate::io::config::{Config, Upsampling};
+use crate::nets::layers::{leaky_relu, resize_nearest, upsample2x, Conv2d, ConvSpec, Linear, Mode};
+use crate::nets::resblock::SpadeResBlock;
 
 /// Where the first feature map comes from.
 #[derive(Debug, Clone)]

@@ -11,14 +11,16 @@
 use candle_core::{DType, Device, Module, Tensor, Var, D};
 use candle_nn::VarBuilder;
 
-use crate::config::NormKind;
 use crate::error::Result;
+use crate::io::config::NormKind;
 use std::sync::Arc;
 
-use crate::collective::{AllReduce, Collective};
-use crate::conv_grad::TrainableConv;
-use crate::fused::{channel_moments, normalize, Statistics};
-use crate::kernels::{CpuConv2d, PlaneNorm, SegmapConv};
+use crate::ops::all_reduce::{AllReduce, Collective};
+use crate::ops::conv::CpuConv2d;
+use crate::ops::fused::{channel_moments, normalize, Statistics};
+use crate::ops::modulate::PlaneNorm;
+use crate::ops::segmap::SegmapConv;
+use crate::ops::trainable_conv::TrainableConv;
 
 /// Epsilon of PyTorch's BatchNorm2d and InstanceNorm2d.
 const NORM_EPS: f64 = 1e-5;
@@ -316,8 +318,10 @@ impl TrainConv2d {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let weight = match &self.power_iteration {
+    /// The weight the convolution applies: with spectral norm, after this call's power
+    /// iteration.
+    fn weight(&self) -> candle_core::Result<Tensor> {
+        Ok(match &self.power_iteration {
             None => self.weight.clone(),
             Some((u_buf, v_buf)) => {
                 let out_c = self.weight.dim(0)?;
@@ -331,7 +335,11 @@ impl TrainConv2d {
                 let sigma = (u * w.matmul(&v)?)?.sum_all()?;
                 self.weight.broadcast_div(&sigma)?
             }
-        };
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let weight = self.weight()?;
         if x.device().is_cpu() && x.dtype() == DType::F32 {
             let conv = TrainableConv {
                 stride: self.stride,
@@ -576,7 +584,7 @@ fn instance_norm(x: &Tensor) -> candle_core::Result<Tensor> {
 
 /// `F.leaky_relu(x, 0.2)`, the activation used throughout SPADE.
 pub fn leaky_relu(x: &Tensor) -> candle_core::Result<Tensor> {
-    crate::fused::leaky_relu(x)
+    crate::ops::fused::leaky_relu(x)
 }
 
 /// `F.interpolate(x, size=(h, w), mode='nearest')` with PyTorch's source-pixel choice.

@@ -8,7 +8,7 @@ use std::str::FromStr;
 use candle_core::Tensor;
 
 use crate::error::Result;
-use crate::vgg::Vgg19;
+use crate::nets::vgg::Vgg19;
 
 /// `gan_mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,7 +16,8 @@
 
 use rayon::prelude::*;
 
-use crate::kernels::{gemm, with_scratch, Strided};
+use super::gemm::{gemm, Strided};
+use super::scratch::with_scratch;
 
 /// Output pixels per tile side.
 const TILE: usize = 4;

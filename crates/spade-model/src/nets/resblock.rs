@@ -4,10 +4,10 @@
 use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::config::Config;
 use crate::error::Result;
-use crate::layers::{Conv2d, ConvSpec, Mode};
-use crate::spade::Spade;
+use crate::io::config::Config;
+use crate::nets::layers::{Conv2d, ConvSpec, Mode};
+use crate::nets::spade::Spade;
 
 #[derive(Debug, Clone)]
 pub struct SpadeResBlock {

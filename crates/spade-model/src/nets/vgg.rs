@@ -6,8 +6,8 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::checkpoint::{pth, safetensors};
 use crate::error::{Error, Result};
+use crate::io::checkpoint::{pth, safetensors};
 
 /// `(index in features, in channels, out channels)` of the convolutions used, in order, and
 /// after which of them a 2x2 max-pool follows.

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::io::config::Config;
 
 /// Prefix of the generator tensors in a converted file (the official model attribute).
 pub const GENERATOR_PREFIX: &str = "netG";

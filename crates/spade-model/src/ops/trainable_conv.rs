@@ -1,5 +1,5 @@
 //! A differentiable CPU convolution for training: the im2col + GEMM forward of
-//! [`kernels`](crate::kernels) with the weight as an input, and a backward written the same
+//! [`im2col`](super::im2col) with the weight as an input, and a backward written the same
 //! way. candle's own conv backward goes through its direct conv-transpose and a tiled
 //! convolution with the whole gradient map as kernel, which made a training step 9x slower
 //! than PyTorch's.
@@ -10,9 +10,9 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::kernels::{
-    convolve_image, for_each_tap_row, gemm, im2col, nchw, rows_per_tile, ConvShape, Strided,
-};
+use super::gemm::{gemm, Strided};
+use super::im2col::{convolve_image, for_each_tap_row, im2col, rows_per_tile, ConvShape};
+use super::layout::nchw;
 
 /// `conv2d(x, w)` (no bias) with stride and padding; `x`: N x C x H x W, `w`: O x C x k x k.
 #[derive(Debug, Clone, Copy)]
@@ -186,7 +186,7 @@ impl CustomOp2 for WeightGrad {
         gl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, [_, c, h, w]) = nchw(xs, xl)?;
-        let (grad, [_, out_channels, ho, wo]) = nchw(gs, gl)?;
+        let (grad, [_, out_channels, _, _]) = nchw(gs, gl)?;
         let s = ConvShape {
             in_channels: c,
             out_channels,
@@ -194,50 +194,65 @@ impl CustomOp2 for WeightGrad {
             stride: self.conv.stride,
             padding: self.conv.padding,
         };
-        let patch = s.patch();
-        let tile_rows = rows_per_tile(&s, ho, wo);
-        let mut dw = vec![0f32; out_channels * patch];
-        let mut cols = vec![0f32; patch * tile_rows * wo];
-        for (img, g) in x
-            .chunks_exact(c * h * w)
-            .zip(grad.chunks_exact(out_channels * ho * wo))
-        {
-            for y0 in (0..ho).step_by(tile_rows) {
-                let rows = tile_rows.min(ho - y0);
-                let pixels = rows * wo;
-                let cols = &mut cols[..patch * pixels];
-                im2col(img, h, w, &s, y0, rows, wo, cols);
-                // dW (out x patch) += dY[:, y0..] (out x pixels) * cols^T (pixels x patch)
-                // SAFETY: `g` is out x (ho * wo) from column `y0 * wo`, `cols` patch x pixels.
-                unsafe {
-                    gemm(
-                        (out_channels, patch, pixels),
-                        Strided {
-                            ptr: dw.as_mut_ptr(),
-                            row: patch,
-                            col: 1,
-                        },
-                        Strided {
-                            ptr: g.as_ptr().add(y0 * wo),
-                            row: ho * wo,
-                            col: 1,
-                        },
-                        Strided {
-                            ptr: cols.as_ptr(),
-                            row: 1,
-                            col: pixels,
-                        },
-                        true,
-                        true,
-                    );
-                }
-            }
-        }
+        let dw = weight_grad(&s, x, grad, (h, w));
         Ok((
             CpuStorage::F32(dw),
             Shape::from((out_channels, c, self.kernel, self.kernel)),
         ))
     }
+}
+
+/// `dW` (`out x patch`) of a convolution of shape `s` from the input images `x`
+/// (`N x in x h x w`) and the output gradients `grad` (`N x out x ho x wo`):
+/// `dY cols^T`, summed over the images.
+pub(crate) fn weight_grad(
+    s: &ConvShape,
+    x: &[f32],
+    grad: &[f32],
+    (h, w): (usize, usize),
+) -> Vec<f32> {
+    let (ho, wo) = s.out_size(h, w);
+    let (c, out_channels) = (s.in_channels, s.out_channels);
+    let patch = s.patch();
+    let tile_rows = rows_per_tile(s, ho, wo);
+    let mut dw = vec![0f32; out_channels * patch];
+    let mut cols = vec![0f32; patch * tile_rows * wo];
+    for (img, g) in x
+        .chunks_exact(c * h * w)
+        .zip(grad.chunks_exact(out_channels * ho * wo))
+    {
+        for y0 in (0..ho).step_by(tile_rows) {
+            let rows = tile_rows.min(ho - y0);
+            let pixels = rows * wo;
+            let cols = &mut cols[..patch * pixels];
+            im2col(img, h, w, s, y0, rows, wo, cols);
+            // dW (out x patch) += dY[:, y0..] (out x pixels) * cols^T (pixels x patch)
+            // SAFETY: `g` is out x (ho * wo) from column `y0 * wo`, `cols` patch x pixels.
+            unsafe {
+                gemm(
+                    (out_channels, patch, pixels),
+                    Strided {
+                        ptr: dw.as_mut_ptr(),
+                        row: patch,
+                        col: 1,
+                    },
+                    Strided {
+                        ptr: g.as_ptr().add(y0 * wo),
+                        row: ho * wo,
+                        col: 1,
+                    },
+                    Strided {
+                        ptr: cols.as_ptr(),
+                        row: 1,
+                        col: pixels,
+                    },
+                    true,
+                    true,
+                );
+            }
+        }
+    }
+    dw
 }
 
 /// Adds the patch gradients `dcols` (`patch x (rows * wo)`) of output rows `y0..y0+rows`

@@ -4,9 +4,9 @@
 use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::layers::{leaky_relu, resize_bilinear, Conv2d, ConvSpec, Linear, Mode, Norm};
+use crate::io::config::Config;
+use crate::nets::layers::{leaky_relu, resize_bilinear, Conv2d, ConvSpec, Linear, Mode, Norm};
 
 /// The encoder always sees 256 x 256 photos; the official code resizes other sizes.
 const INPUT_SIZE: usize = 256;

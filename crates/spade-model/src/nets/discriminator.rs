@@ -5,9 +5,9 @@
 use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::config::ConvNorm;
 use crate::error::{Error, Result};
-use crate::layers::{avg_pool3x3_s2, leaky_relu, Conv2d, ConvSpec, Mode, Norm};
+use crate::io::config::ConvNorm;
+use crate::nets::layers::{avg_pool3x3_s2, leaky_relu, Conv2d, ConvSpec, Mode, Norm};
 
 /// Kernel size and padding of every discriminator convolution.
 const KERNEL: usize = 4;

@@ -1,0 +1,180 @@
+//! A dense convolution as a candle custom op: im2col + one GEMM per tile of output rows,
+//! written straight into the NCHW output, or for 3 x 3 kernels on larger maps Winograd
+//! F(4x4, 3x3). candle's built-in CPU conv2d re-packs its weights on every call and copies
+//! single-threaded; this runs at the speed of the GEMM. Every image of a batch is computed
+//! alone with the same tiling, so an image's result never depends on its batch mates.
+
+use std::sync::{Arc, OnceLock};
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+
+use super::im2col::{convolve_image, ConvShape};
+use super::layout::nchw;
+use super::winograd::Winograd;
+
+/// A dense convolution: Winograd F(4x4, 3x3) where it applies and pays, else im2col + GEMM.
+#[derive(Debug, Clone)]
+pub struct CpuConv2d {
+    pub(crate) shape: ConvShape,
+    /// `out_channels x (in_channels * k * k)`, row-major.
+    pub(crate) weight: Arc<Vec<f32>>,
+    pub(crate) bias: Option<Arc<Vec<f32>>>,
+    /// For 3 x 3 / stride 1 / pad 1 shapes: the same convolution by Winograd F(4x4, 3x3),
+    /// built on the first input large enough to use it. Its transformed kernels take 4x the
+    /// memory of the weights, so layers that only ever see small maps never build them.
+    winograd: Option<Arc<OnceLock<Winograd>>>,
+}
+
+impl CpuConv2d {
+    /// `weight`: out x in x k x k; `bias`: out.
+    pub fn new(
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        stride: usize,
+        padding: usize,
+    ) -> candle_core::Result<Self> {
+        let (out_channels, in_channels, kernel, kw) = weight.dims4()?;
+        if kernel != kw {
+            candle_core::bail!("only square kernels, got {kernel}x{kw}");
+        }
+        let flat = |t: &Tensor| -> candle_core::Result<Arc<Vec<f32>>> {
+            Ok(Arc::new(
+                t.to_dtype(candle_core::DType::F32)?
+                    .flatten_all()?
+                    .to_vec1()?,
+            ))
+        };
+        let weight = flat(weight)?;
+        let winograd = (kernel == 3 && stride == 1 && padding == 1).then(Default::default);
+        Ok(Self {
+            shape: ConvShape {
+                in_channels,
+                out_channels,
+                kernel,
+                stride,
+                padding,
+            },
+            weight,
+            bias: bias.map(flat).transpose()?,
+            winograd,
+        })
+    }
+
+    /// Convolves one image (`in x h x w`) into `out` (`out_channels x ho x wo`).
+    fn image(&self, x: &[f32], h: usize, w: usize, out: &mut [f32]) {
+        let bias = self.bias.as_deref().map(Vec::as_slice);
+        if let Some(winograd) = self.winograd.as_ref().filter(|_| Winograd::pays_off(h, w)) {
+            let s = self.shape;
+            return winograd
+                .get_or_init(|| Winograd::new(&self.weight, s.out_channels, s.in_channels))
+                .image(x, h, w, bias, out);
+        }
+        convolve_image(&self.shape, &self.weight, bias, x, h, w, out);
+    }
+
+    pub(crate) fn run(&self, x: &[f32], n: usize, h: usize, w: usize) -> (Vec<f32>, Shape) {
+        let s = self.shape;
+        let (ho, wo) = s.out_size(h, w);
+        let mut out = vec![0f32; n * s.out_channels * ho * wo];
+        for (img, dst) in x
+            .chunks_exact(s.in_channels * h * w)
+            .zip(out.chunks_exact_mut(s.out_channels * ho * wo))
+        {
+            self.image(img, h, w, dst);
+        }
+        (out, Shape::from((n, s.out_channels, ho, wo)))
+    }
+}
+
+impl CustomOp1 for CpuConv2d {
+    fn name(&self) -> &'static str {
+        "cpu-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, [n, c, h, w]) = nchw(storage, layout)?;
+        if c != self.shape.in_channels {
+            candle_core::bail!(
+                "conv expects {} input channels, got {c}",
+                self.shape.in_channels
+            );
+        }
+        let (out, shape) = self.run(x, n, h, w);
+        Ok((CpuStorage::F32(out), shape))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::im2col::TILE_ELEMENTS;
+    use crate::test_util::max_abs_diff;
+    use candle_core::Device;
+
+    #[test]
+    fn im2col_conv_matches_candle_conv2d() {
+        let dev = Device::Cpu;
+        for (cin, cout, k, stride, pad, h, w) in [
+            (3, 5, 3, 1, 1, 9, 7),
+            (4, 6, 3, 2, 1, 16, 11),
+            (2, 3, 5, 1, 2, 6, 6),
+            (7, 2, 1, 1, 0, 5, 4),
+            // 8 x 9 tiles of 4 x 4: the Winograd path.
+            (3, 5, 3, 1, 1, 32, 36),
+        ] {
+            let x = Tensor::randn(0f32, 1., (2, cin, h, w), &dev).unwrap();
+            let wt = Tensor::randn(0f32, 1., (cout, cin, k, k), &dev).unwrap();
+            let b = Tensor::randn(0f32, 1., cout, &dev).unwrap();
+            let expected = x
+                .conv2d(&wt, pad, stride, 1, 1)
+                .unwrap()
+                .broadcast_add(&b.reshape((1, cout, 1, 1)).unwrap())
+                .unwrap();
+            let op = CpuConv2d::new(&wt, Some(&b), stride, pad).unwrap();
+            let ours = x.apply_op1_no_bwd(&op).unwrap();
+            assert_eq!(ours.dims(), expected.dims());
+            assert!(
+                max_abs_diff(&ours, &expected) < 1e-4,
+                "{cin} {cout} {k} {stride}"
+            );
+            let no_bias = CpuConv2d::new(&wt, None, stride, pad).unwrap();
+            let plain = x.conv2d(&wt, pad, stride, 1, 1).unwrap();
+            assert!(max_abs_diff(&x.apply_op1_no_bwd(&no_bias).unwrap(), &plain) < 1e-4);
+        }
+    }
+
+    #[test]
+    fn tiling_over_rows_gives_the_same_result() {
+        // 64 channels x 9 taps x 2048 pixels per row: 3 rows per tile, so 8 rows take
+        // tiles of 3, 3 and 2.
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1., (1, 64, 8, 2048), &dev).unwrap();
+        let wt = Tensor::randn(0f32, 1., (4, 64, 3, 3), &dev).unwrap();
+        let op = CpuConv2d::new(&wt, None, 1, 1).unwrap();
+        assert_eq!(TILE_ELEMENTS / (op.shape.patch() * 2048), 3);
+        let expected = x.conv2d(&wt, 1, 1, 1, 1).unwrap();
+        assert!(max_abs_diff(&x.apply_op1_no_bwd(&op).unwrap(), &expected) < 1e-3);
+    }
+
+    #[test]
+    fn misshapen_inputs_are_errors_that_say_what_was_expected() {
+        let dev = Device::Cpu;
+        let err = |r: candle_core::Result<Tensor>| r.unwrap_err().to_string();
+        let x = Tensor::zeros((1, 4, 6, 6), candle_core::DType::F32, &dev).unwrap();
+
+        let wt = Tensor::zeros((2, 3, 3, 3), candle_core::DType::F32, &dev).unwrap();
+        let conv = CpuConv2d::new(&wt, None, 1, 1).unwrap();
+        let msg = err(x.apply_op1_no_bwd(&conv));
+        assert!(
+            msg.contains("conv expects 3 input channels, got 4"),
+            "{msg}"
+        );
+        let oblong = Tensor::zeros((2, 3, 3, 1), candle_core::DType::F32, &dev).unwrap();
+        let msg = CpuConv2d::new(&oblong, None, 1, 1).unwrap_err().to_string();
+        assert!(msg.contains("only square kernels, got 3x1"), "{msg}");
+    }
+}

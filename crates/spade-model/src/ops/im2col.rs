@@ -1,0 +1,156 @@
+//! im2col: the input patches of a convolution as the columns of a matrix, tile by tile of
+//! output rows, and the convolution of one image as im2col + GEMM.
+
+use rayon::prelude::*;
+
+use super::gemm::{gemm, Strided};
+use super::scratch::with_scratch;
+
+/// Elements of the im2col buffer per tile (16 MiB of f32).
+pub(crate) const TILE_ELEMENTS: usize = 4 << 20;
+
+/// Geometry of a square-kernel convolution.
+#[derive(Debug, Clone, Copy)]
+pub struct ConvShape {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl ConvShape {
+    pub(crate) fn out_size(&self, h: usize, w: usize) -> (usize, usize) {
+        let k = self.kernel;
+        (
+            (h + 2 * self.padding - k) / self.stride + 1,
+            (w + 2 * self.padding - k) / self.stride + 1,
+        )
+    }
+
+    pub(crate) fn patch(&self) -> usize {
+        self.in_channels * self.kernel * self.kernel
+    }
+}
+
+/// Output rows per im2col tile for an output `wo` wide.
+pub(crate) fn rows_per_tile(s: &ConvShape, ho: usize, wo: usize) -> usize {
+    (TILE_ELEMENTS / (s.patch() * wo)).clamp(1, ho)
+}
+
+/// One image (`in x h x w`) convolved with `weight` (`out x patch`, row-major) into `out`
+/// (`out x ho x wo`), tile by tile of output rows.
+pub(crate) fn convolve_image(
+    s: &ConvShape,
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    x: &[f32],
+    h: usize,
+    w: usize,
+    out: &mut [f32],
+) {
+    let (ho, wo) = s.out_size(h, w);
+    let patch = s.patch();
+    let tile_rows = rows_per_tile(s, ho, wo);
+    if let Some(bias) = bias {
+        for (o, plane) in out.chunks_exact_mut(ho * wo).enumerate() {
+            plane.fill(bias[o]);
+        }
+    }
+    with_scratch(patch * tile_rows * wo, |cols| {
+        for y0 in (0..ho).step_by(tile_rows) {
+            let rows = tile_rows.min(ho - y0);
+            let pixels = rows * wo;
+            let cols = &mut cols[..patch * pixels];
+            im2col(x, h, w, s, y0, rows, wo, cols);
+            // out[:, y0.., :] (+)= weight (out x patch) * cols (patch x pixels)
+            // SAFETY: `out` is out x (ho * wo), this tile's columns start at `y0 * wo`.
+            unsafe {
+                gemm(
+                    (s.out_channels, pixels, patch),
+                    Strided {
+                        ptr: out.as_mut_ptr().add(y0 * wo),
+                        row: ho * wo,
+                        col: 1,
+                    },
+                    Strided {
+                        ptr: weight.as_ptr(),
+                        row: patch,
+                        col: 1,
+                    },
+                    Strided {
+                        ptr: cols.as_ptr(),
+                        row: pixels,
+                        col: 1,
+                    },
+                    bias.is_some(),
+                    true,
+                );
+            }
+        }
+    });
+}
+
+/// Which output columns of a tile row a kernel tap reads from inside the image: for tap
+/// `(ky, kx)` and output row `r`, input row `iy` and the output columns `ox` whose input
+/// column `ix0 + (ox - start) * stride` is not padding. `visit(tap, r, iy, ox_range, ix0)` is
+/// called for every (tap, row) with its input row inside the image; everything else reads
+/// padding (zeros).
+pub(crate) fn for_each_tap_row(
+    s: &ConvShape,
+    (h, w): (usize, usize),
+    y0: usize,
+    rows: usize,
+    wo: usize,
+    mut visit: impl FnMut(usize, usize, usize, std::ops::Range<usize>, usize),
+) {
+    let k = s.kernel;
+    for ky in 0..k {
+        for kx in 0..k {
+            // ix = ox * stride + kx - padding must lie in [0, w).
+            let first = s.padding.saturating_sub(kx).div_ceil(s.stride);
+            let end = ((w + s.padding).saturating_sub(kx))
+                .div_ceil(s.stride)
+                .min(wo);
+            if first >= end {
+                continue;
+            }
+            let ix0 = first * s.stride + kx - s.padding;
+            for r in 0..rows {
+                let iy = ((y0 + r) * s.stride + ky) as isize - s.padding as isize;
+                if (0..h as isize).contains(&iy) {
+                    visit(ky * k + kx, r, iy as usize, first..end, ix0);
+                }
+            }
+        }
+    }
+}
+
+/// Fills `cols` (`patch x (rows * wo)`) with the input patches of output rows `y0..y0+rows`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn im2col(
+    x: &[f32],
+    h: usize,
+    w: usize,
+    s: &ConvShape,
+    y0: usize,
+    rows: usize,
+    wo: usize,
+    cols: &mut [f32],
+) {
+    let k = s.kernel;
+    let pixels = rows * wo;
+    cols.par_chunks_mut(k * k * pixels)
+        .enumerate()
+        .for_each(|(c, channel_cols)| {
+            let plane = &x[c * h * w..(c + 1) * h * w];
+            channel_cols.fill(0.0);
+            for_each_tap_row(s, (h, w), y0, rows, wo, |tap, r, iy, oxs, ix0| {
+                let dst = &mut channel_cols[tap * pixels + r * wo..];
+                let src = &plane[iy * w + ix0..];
+                for (j, ox) in oxs.enumerate() {
+                    dst[ox] = src[j * s.stride];
+                }
+            });
+        });
+}

@@ -1,0 +1,20 @@
+//! CPU custom ops that make the networks fast, one file per op or family, each a candle
+//! `CustomOp` with its own tests. Nothing here knows SPADE's networks; it uses only `error`.
+//!
+//! Inference: [`conv::CpuConv2d`] (im2col + GEMM, or [`winograd`] for 3 x 3 kernels),
+//! [`segmap::SegmapConv`] (`mlp_shared` on one-hot maps), [`modulate::Modulate`] (SPADE's
+//! normalisation + modulation + leaky ReLU). Training: [`trainable_conv::TrainableConv`],
+//! [`fused`] (leaky ReLU and normalisations with hand-written gradients), [`all_reduce`].
+//! Shared machinery: [`gemm`], [`im2col`], [`scratch`], [`layout`].
+
+pub mod all_reduce;
+pub mod conv;
+pub mod fused;
+pub mod gemm;
+pub mod im2col;
+pub mod layout;
+pub mod modulate;
+pub mod scratch;
+pub mod segmap;
+pub mod trainable_conv;
+pub mod winograd;
