@@ -12,8 +12,9 @@ use spade_model::train::step::{Batch, Start, Trainer};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// `small` (label_nc 8, ngf 8, ndf 16, 64x64) or `coco` (the official COCO-Stuff
-    /// architecture: label_nc 182 + dontcare + instance, ngf 64, ndf 64, 256x256).
+    /// `small` (label_nc 8, ngf 8, ndf 16, 64x64), `landscape` (the bundled model's shape:
+    /// label_nc 12, no instance maps, ngf 16, ndf 32, 128x128) or `coco` (the official
+    /// COCO-Stuff architecture: label_nc 182 + dontcare + instance, ngf 64, ndf 64, 256x256).
     #[arg(long, default_value = "small")]
     config: String,
     #[arg(long, default_value_t = 1)]
@@ -42,8 +43,23 @@ pub fn run(args: Args) -> Result<()> {
             "--crop_size",
             "64",
         ],
+        "landscape" => vec![
+            "--dataset_mode",
+            "custom",
+            "--label_nc",
+            "12",
+            "--no_instance",
+            "--ngf",
+            "16",
+            "--ndf",
+            "32",
+            "--crop_size",
+            "128",
+            "--load_size",
+            "128",
+        ],
         "coco" => vec![],
-        other => anyhow::bail!("unknown config `{other}` (small, coco)"),
+        other => anyhow::bail!("unknown config `{other}` (small, landscape, coco)"),
     };
     options.extend(["--batchSize", &batch_size]);
     let vgg = args.vgg_weights.as_ref().map(|p| p.display().to_string());
@@ -90,6 +106,18 @@ pub fn run(args: Args) -> Result<()> {
     let mut times: Vec<(f64, f64)> = (0..args.iters).map(|_| step()).collect::<Result<_>>()?;
     times.sort_by(|a, b| (a.0 + a.1).total_cmp(&(b.0 + b.1)));
     let (g, d) = times[times.len() / 2];
+    if spade_model::ops::profile::enabled() {
+        let rows = spade_model::ops::profile::take();
+        let per = (args.iters + 1) as f64;
+        println!("per iteration (SPADE_PROFILE; scopes nest, ops inside phases):");
+        for (name, time, calls) in rows {
+            println!(
+                "  {:>8.1} ms  {:>6.1} calls  {name}",
+                time.as_secs_f64() * 1e3 / per,
+                calls as f64 / per
+            );
+        }
+    }
     println!(
         "median {:.3} s per iteration (G step {g:.3} s, D step {d:.3} s) -> {:.3} iterations/s; peak RSS {} MiB",
         g + d,

@@ -15,3 +15,15 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
         .to_scalar::<f64>()
         .unwrap()
 }
+
+/// A float32 tensor of standard-normal values from a seeded generator, so that a test sees
+/// the same inputs on every run (candle's `randn` on the CPU cannot be seeded).
+pub fn seeded_randn(seed: u64, shape: &[usize]) -> Tensor {
+    use rand::SeedableRng;
+    use rand_distr::Distribution;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let values: Vec<f32> = (0..shape.iter().product::<usize>())
+        .map(|_| rand_distr::StandardNormal.sample(&mut rng))
+        .collect();
+    Tensor::from_vec(values, shape, &candle_core::Device::Cpu).unwrap()
+}

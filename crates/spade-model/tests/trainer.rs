@@ -150,6 +150,9 @@ fn run_ok(mut cmd: Command) {
     );
 }
 
+/// GAN training at this size is chaotic: after 8 epochs the L1 had fallen by anywhere from
+/// 2 % to 34 % depending on the seed (and on float rounding, which any faster kernel changes);
+/// after 16 it fell by more than the asserted 20 % on every seed tried.
 #[test]
 fn a_short_run_lowers_the_l1_to_the_real_images() {
     let tmp = tempfile::tempdir().unwrap();
@@ -166,7 +169,7 @@ fn a_short_run_lowers_the_l1_to_the_real_images() {
             "--lr",
             "0.001",
             "--niter",
-            "8",
+            "16",
             "--save_epoch_freq",
             "1",
             "--continue_train",
@@ -176,7 +179,7 @@ fn a_short_run_lowers_the_l1_to_the_real_images() {
     run_ok(trainer_command(&more));
     let after = dataset_l1(&folder, &labels, &images);
     println!(
-        "mean L1 to the real images (0-255): after 1 epoch {before:.2}, after 8 epochs {after:.2}"
+        "mean L1 to the real images (0-255): after 1 epoch {before:.2}, after 16 epochs {after:.2}"
     );
     assert!(
         after < 0.8 * before,
@@ -185,10 +188,10 @@ fn a_short_run_lowers_the_l1_to_the_real_images() {
     let log = std::fs::read_to_string(folder.join("loss_log.jsonl")).unwrap();
     assert_eq!(
         log.lines().count(),
-        16,
+        32,
         "a record every 4 samples: 2 per epoch of 8 samples"
     );
-    assert!(folder.join("web/index.html").is_file() && folder.join("8_net_G.pth").is_file());
+    assert!(folder.join("web/index.html").is_file() && folder.join("16_net_G.pth").is_file());
     // The written opt.txt reads back as the run's options.
     let written = std::fs::read_to_string(folder.join("opt.txt")).unwrap();
     let reread = TrainOptions::from_opt_txt(&written)

@@ -20,6 +20,7 @@ use crate::ops::conv::CpuConv2d;
 use crate::ops::fused::{channel_moments, normalize, Statistics};
 use crate::ops::modulate::PlaneNorm;
 use crate::ops::segmap::SegmapConv;
+use crate::ops::segmap_train::SegmapTrain;
 use crate::ops::trainable_conv::TrainableConv;
 
 /// Epsilon of PyTorch's BatchNorm2d and InstanceNorm2d.
@@ -156,7 +157,8 @@ pub enum StackedConv2d {
         conv: Conv2d,
         split: usize,
     },
-    /// Training keeps the two weights apart: each is a variable of its own.
+    /// Training keeps the two weights apart (each is a variable of its own) and stacks them
+    /// on every call.
     Pair(Conv2d, Conv2d),
 }
 
@@ -192,7 +194,16 @@ impl StackedConv2d {
                 let total = y.dim(1)?;
                 Ok((y.narrow(1, 0, *split)?, y.narrow(1, *split, total - split)?))
             }
-            StackedConv2d::Pair(first, second) => Ok((first.forward(x)?, second.forward(x)?)),
+            StackedConv2d::Pair(first, second) => {
+                if let (Conv2d::Train(a), Conv2d::Train(b)) = (first, second) {
+                    if let Some(y) = a.stacked_with(b, x) {
+                        let (y, split) = (y?, a.weight.dim(0)?);
+                        let total = y.dim(1)?;
+                        return Ok((y.narrow(1, 0, split)?, y.narrow(1, split, total - split)?));
+                    }
+                }
+                Ok((first.forward(x)?, second.forward(x)?))
+            }
         }
     }
 
@@ -200,6 +211,10 @@ impl StackedConv2d {
     pub fn forward_stacked(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             StackedConv2d::Stacked { conv, .. } => conv.forward(x),
+            StackedConv2d::Pair(Conv2d::Train(a), Conv2d::Train(b)) => match a.stacked_with(b, x) {
+                Some(y) => y,
+                None => Tensor::cat(&[a.forward(x)?, b.forward(x)?], 1),
+            },
             StackedConv2d::Pair(..) => {
                 let (a, b) = self.forward(x)?;
                 Tensor::cat(&[a, b], 1)
@@ -215,13 +230,22 @@ impl StackedConv2d {
 pub enum SegConv2d {
     Cpu(SegmapConv),
     Dense(Conv2d),
+    /// Training: on the CPU the gather forward and a weight gradient without im2col
+    /// ([`SegmapTrain`]); elsewhere convolution and ReLU through candle's autograd.
+    Train {
+        conv: TrainConv2d,
+        classes: usize,
+    },
 }
 
 impl SegConv2d {
     /// `classes`: how many input channels are one-hot labels (the rest is the edge map).
     pub fn new(spec: ConvSpec, classes: usize, mode: &Mode, vb: VarBuilder) -> Result<Self> {
         if mode.is_train() {
-            return Ok(SegConv2d::Dense(Conv2d::new(spec, mode, vb)?));
+            return Ok(SegConv2d::Train {
+                conv: TrainConv2d::new(spec, &vb)?,
+                classes,
+            });
         }
         let (weight, bias) = conv_weights(spec, &vb)?;
         if weight.device().is_cpu() && weight.dtype() == DType::F32 {
@@ -246,6 +270,13 @@ impl Module for SegConv2d {
         match self {
             SegConv2d::Cpu(op) => x.contiguous()?.apply_op1_no_bwd(op),
             SegConv2d::Dense(conv) => conv.forward(x)?.relu(),
+            SegConv2d::Train { conv, classes } => match &conv.bias {
+                Some(bias) if x.device().is_cpu() && x.dtype() == DType::F32 => {
+                    let weight = conv.weight()?;
+                    SegmapTrain::new(&weight, bias, *classes)?.apply(x, &weight, bias)
+                }
+                _ => conv.forward(x)?.relu(),
+            },
         }
     }
 }
@@ -339,20 +370,49 @@ impl TrainConv2d {
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let weight = self.weight()?;
+        self.apply(x, &self.weight()?, self.bias.as_ref())
+    }
+
+    /// This convolution's geometry with the given weight and bias.
+    fn apply(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
         if x.device().is_cpu() && x.dtype() == DType::F32 {
             let conv = TrainableConv {
                 stride: self.stride,
                 padding: self.padding,
             };
-            let y = x.contiguous()?.apply_op2(&weight.contiguous()?, conv)?;
-            match &self.bias {
-                Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
-                None => Ok(y),
+            let (x, weight) = (x.contiguous()?, weight.contiguous()?);
+            match bias {
+                Some(b) => x.apply_op3(&weight, &b.contiguous()?, conv),
+                None => x.apply_op2(&weight, conv),
             }
         } else {
-            conv2d_with_bias(x, &weight, self.bias.as_ref(), self.stride, self.padding)
+            conv2d_with_bias(x, weight, bias, self.stride, self.padding)
         }
+    }
+
+    /// `self` and `other` over the same input as one convolution with their output channels
+    /// stacked (one im2col forward and backward instead of two); the gradient reaches both
+    /// weights through the concatenation. `None` when their geometry or biases differ.
+    fn stacked_with(&self, other: &Self, x: &Tensor) -> Option<candle_core::Result<Tensor>> {
+        let bias = match (&self.bias, &other.bias) {
+            (Some(a), Some(b)) => Some(Some((a, b))),
+            (None, None) => Some(None),
+            _ => None,
+        }?;
+        if (self.stride, self.padding) != (other.stride, other.padding) {
+            return None;
+        }
+        let run = || {
+            let weight = Tensor::cat(&[self.weight()?, other.weight()?], 0)?;
+            let bias = bias.map(|(a, b)| Tensor::cat(&[a, b], 0)).transpose()?;
+            self.apply(x, &weight, bias.as_ref())
+        };
+        Some(run())
     }
 }
 

@@ -8,6 +8,7 @@ use crate::error::Result;
 use crate::io::config::Config;
 use crate::nets::layers::{ConvSpec, Mode, Norm, SegConv2d, StackedConv2d};
 use crate::ops::modulate::Modulate;
+use crate::ops::modulate_train::ModulateTrain;
 
 /// Hidden width of the SPADE convolutions, fixed in the official code.
 const HIDDEN: usize = 128;
@@ -70,6 +71,13 @@ impl Spade {
             return Ok(x.contiguous()?.apply_op2_no_bwd(&gamma_beta, op)?);
         }
         let normalized = self.param_free_norm.forward(x)?;
+        if normalized.device().is_cpu() && normalized.dtype() == DType::F32 {
+            let gamma_beta = self.mlp_gamma_beta.forward_stacked(&actv)?;
+            let op = ModulateTrain { leaky_relu };
+            return Ok(normalized
+                .contiguous()?
+                .apply_op2(&gamma_beta.contiguous()?, op)?);
+        }
         let (gamma, beta) = self.mlp_gamma_beta.forward(&actv)?;
         let out = ((normalized * (gamma + 1.0)?)? + beta)?;
         Ok(if leaky_relu {

@@ -138,6 +138,7 @@ pub(crate) fn im2col(
     wo: usize,
     cols: &mut [f32],
 ) {
+    let _time = super::profile::scope("im2col");
     let k = s.kernel;
     let pixels = rows * wo;
     cols.par_chunks_mut(k * k * pixels)
@@ -148,8 +149,14 @@ pub(crate) fn im2col(
             for_each_tap_row(s, (h, w), y0, rows, wo, |tap, r, iy, oxs, ix0| {
                 let dst = &mut channel_cols[tap * pixels + r * wo..];
                 let src = &plane[iy * w + ix0..];
-                for (j, ox) in oxs.enumerate() {
-                    dst[ox] = src[j * s.stride];
+                if s.stride == 1 {
+                    // One contiguous run: a memcpy instead of an element loop.
+                    let len = oxs.len();
+                    dst[oxs].copy_from_slice(&src[..len]);
+                } else {
+                    for (j, ox) in oxs.enumerate() {
+                        dst[ox] = src[j * s.stride];
+                    }
                 }
             });
         });

@@ -4,8 +4,10 @@
 //! Inference: [`conv::CpuConv2d`] (im2col + GEMM, or [`winograd`] for 3 x 3 kernels),
 //! [`segmap::SegmapConv`] (`mlp_shared` on one-hot maps), [`modulate::Modulate`] (SPADE's
 //! normalisation + modulation + leaky ReLU). Training: [`trainable_conv::TrainableConv`],
-//! [`fused`] (leaky ReLU and normalisations with hand-written gradients), [`all_reduce`].
-//! Shared machinery: [`gemm`], [`im2col`], [`scratch`], [`layout`].
+//! [`segmap_train::SegmapTrain`] (`mlp_shared` with its weight gradient by scatter),
+//! [`modulate_train::ModulateTrain`] (SPADE's modulation with its gradient), [`fused`]
+//! (leaky ReLU and normalisations with hand-written gradients), [`all_reduce`].
+//! Shared machinery: [`gemm`], [`im2col`], [`scratch`], [`layout`]; [`profile`] times them.
 
 pub mod all_reduce;
 pub mod conv;
@@ -14,7 +16,10 @@ pub mod gemm;
 pub mod im2col;
 pub mod layout;
 pub mod modulate;
+pub mod modulate_train;
+pub mod profile;
 pub mod scratch;
 pub mod segmap;
+pub mod segmap_train;
 pub mod trainable_conv;
 pub mod winograd;

@@ -67,6 +67,7 @@ impl candle_core::CustomOp2 for Modulate {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let _time = super::profile::scope(self.name());
         let (x, [n, c, h, w]) = nchw(s1, l1)?;
         let (gb, dims) = nchw(s2, l2)?;
         if dims != [n, 2 * c, h, w] {

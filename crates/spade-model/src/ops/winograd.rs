@@ -73,6 +73,30 @@ fn kernel_transform(g: [f64; 3]) -> [f64; WINDOW] {
     ]
 }
 
+/// `A`, the adjoint of [`output_transform`]: spreads 4 output-gradient pixels over the 6
+/// transformed positions.
+fn output_transform_adjoint(t: [f32; TILE]) -> [f32; WINDOW] {
+    let [t0, t1, t2, t3] = t;
+    [
+        t0,
+        t0 + t1 + t2 + t3,
+        t0 - t1 + t2 - t3,
+        t0 + 2.0 * t1 + 4.0 * t2 + 8.0 * t3,
+        t0 - 2.0 * t1 + 4.0 * t2 - 8.0 * t3,
+        t3,
+    ]
+}
+
+/// `G^T`, the adjoint of [`kernel_transform`]: folds 6 transformed taps into a 3-tap row.
+fn kernel_transform_adjoint(u: [f64; WINDOW]) -> [f64; 3] {
+    let [u0, u1, u2, u3, u4, u5] = u;
+    [
+        u0 / 4.0 - (u1 + u2) / 6.0 + (u3 + u4) / 24.0,
+        (u2 - u1) / 6.0 + (u3 - u4) / 12.0,
+        (u3 + u4 - u1 - u2) / 6.0 + u5,
+    ]
+}
+
 /// Splits a slice into `N` consecutive chunks of `len`.
 fn split<const N: usize>(s: &mut [f32], len: usize) -> [&mut [f32]; N] {
     let mut rest = s;
@@ -163,6 +187,62 @@ impl Winograd {
                     });
             }
         });
+    }
+
+    /// The weight gradient of a 3 x 3, stride-1, pad-1 convolution, `dW` (`out x in x 3 x 3`)
+    /// from the inputs `x` (`N x in x h x w`) and output gradients `dy` (`N x out x h x w`),
+    /// as the adjoint of the Winograd forward: `dU[xi] = sum over tiles of dM[xi] V[xi]^T`
+    /// with `dM = A dY A^T` and `V = B^T d B` (the forward's input transform), then
+    /// `dW = G^T dU G`. 36 multiplications per tile and channel pair, as in the forward.
+    pub fn weight_gradient(
+        x: &[f32],
+        dy: &[f32],
+        (in_channels, out_channels): (usize, usize),
+        (h, w): (usize, usize),
+    ) -> Vec<f32> {
+        let (ci, co) = (in_channels, out_channels);
+        let (tiles_y, tiles_x) = (h.div_ceil(TILE), w.div_ceil(TILE));
+        let per_tile = POSITIONS * (ci + co);
+        let band_rows = (BAND_ELEMENTS / (per_tile * tiles_x)).clamp(1, tiles_y);
+        let band = POSITIONS * band_rows * tiles_x;
+        // `[xi][out][in]`, accumulated over every tile of every image.
+        let mut du = vec![0f32; POSITIONS * co * ci];
+        with_scratch((ci + co) * band, |scratch| {
+            let (v, m) = scratch.split_at_mut(ci * band);
+            for (img, grad) in x.chunks_exact(ci * h * w).zip(dy.chunks_exact(co * h * w)) {
+                for ty0 in (0..tiles_y).step_by(band_rows) {
+                    let rows = band_rows.min(tiles_y - ty0);
+                    let tiles = rows * tiles_x;
+                    let v = &mut v[..ci * POSITIONS * tiles];
+                    let m = &mut m[..co * POSITIONS * tiles];
+                    v.par_chunks_mut(POSITIONS * tiles)
+                        .enumerate()
+                        .for_each(|(c, vc)| {
+                            transform_input(&img[c * h * w..][..h * w], h, w, ty0, rows, vc);
+                        });
+                    m.par_chunks_mut(POSITIONS * tiles)
+                        .enumerate()
+                        .for_each(|(o, mo)| {
+                            transform_gradient(&grad[o * h * w..][..h * w], h, w, ty0, rows, mo);
+                        });
+                    accumulate_kernel_gradient(v, m, &mut du, (ci, co), tiles);
+                }
+            }
+        });
+        let mut dw = vec![0f32; co * ci * 9];
+        for (oc, g) in dw.chunks_exact_mut(9).enumerate() {
+            let u = |i: usize, j: usize| f64::from(du[(i * WINDOW + j) * co * ci + oc]);
+            // G^T dU G: fold the columns of each row, then the rows of the result.
+            let rows: [[f64; 3]; WINDOW] =
+                std::array::from_fn(|i| kernel_transform_adjoint(std::array::from_fn(|j| u(i, j))));
+            for k in 0..3 {
+                let column = kernel_transform_adjoint(rows.map(|r| r[k]));
+                for (r, value) in column.into_iter().enumerate() {
+                    g[r * 3 + k] = value as f32;
+                }
+            }
+        }
+        dw
     }
 
     /// Tile rows per band: as many as fit [`BAND_ELEMENTS`], at least one.
@@ -257,6 +337,75 @@ fn transform_input(plane: &[f32], h: usize, w: usize, ty0: usize, rows: usize, v
     }
 }
 
+/// `A dY A^T` of every 4 x 4 tile of one output-gradient plane (zero beyond the image) in
+/// tile rows `ty0..ty0 + rows`, into `m` (`[xi][tile]`): the adjoint of `transform_output`.
+fn transform_gradient(plane: &[f32], h: usize, w: usize, ty0: usize, rows: usize, m: &mut [f32]) {
+    let tiles_x = w.div_ceil(TILE);
+    let tiles = rows * tiles_x;
+    for r in 0..rows {
+        for tx in 0..tiles_x {
+            let pixel = |ii: usize, jj: usize| {
+                let (y, x) = ((ty0 + r) * TILE + ii, tx * TILE + jj);
+                if y < h && x < w {
+                    plane[y * w + x]
+                } else {
+                    0.0
+                }
+            };
+            // Along each row of the tile, then along each of the 6 resulting columns.
+            let spread: [[f32; WINDOW]; TILE] = std::array::from_fn(|ii| {
+                output_transform_adjoint(std::array::from_fn(|jj| pixel(ii, jj)))
+            });
+            let tile = r * tiles_x + tx;
+            for j in 0..WINDOW {
+                let column = output_transform_adjoint(spread.map(|row| row[j]));
+                for (i, value) in column.into_iter().enumerate() {
+                    m[(i * WINDOW + j) * tiles + tile] = value;
+                }
+            }
+        }
+    }
+}
+
+/// `du[xi] (out x in) += m[xi] (out x tiles) * v[xi]^T (tiles x in)` for every position.
+fn accumulate_kernel_gradient(
+    v: &[f32],
+    m: &[f32],
+    du: &mut [f32],
+    (ci, co): (usize, usize),
+    tiles: usize,
+) {
+    let stride = POSITIONS * tiles;
+    let du_ptr = SendPtr(du.as_mut_ptr());
+    (0..POSITIONS).into_par_iter().for_each(|xi| {
+        let du_ptr = &du_ptr;
+        // SAFETY: position `xi` writes only its own `co x ci` block of `du`; `v` (`[in][xi]
+        // [tile]`) and `m` (`[out][xi][tile]`) are read.
+        unsafe {
+            gemm(
+                (co, ci, tiles),
+                Strided {
+                    ptr: du_ptr.0.add(xi * co * ci),
+                    row: ci,
+                    col: 1,
+                },
+                Strided {
+                    ptr: m.as_ptr().add(xi * tiles),
+                    row: stride,
+                    col: 1,
+                },
+                Strided {
+                    ptr: v.as_ptr().add(xi * tiles),
+                    row: 1,
+                    col: stride,
+                },
+                true,
+                false,
+            );
+        }
+    });
+}
+
 /// `A^T m A` of every tile of one output channel (`m`: `[xi][tile]`), plus `bias`, into the
 /// output plane.
 fn transform_output(
@@ -312,7 +461,7 @@ fn transform_output(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::max_abs_diff;
+    use crate::test_util::{max_abs_diff, seeded_randn};
     use candle_core::{Device, Tensor};
 
     fn run(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Tensor {
@@ -333,12 +482,11 @@ mod tests {
 
     #[test]
     fn matches_the_direct_convolution_on_any_size() {
-        let dev = Device::Cpu;
         // Sizes that are and are not multiples of the tile, down to a single pixel.
         for (ci, co, h, w) in [(3, 5, 8, 8), (4, 6, 9, 7), (2, 3, 1, 1), (5, 2, 6, 13)] {
-            let x = Tensor::randn(0f32, 1., (2, ci, h, w), &dev).unwrap();
-            let wt = Tensor::randn(0f32, 1., (co, ci, 3, 3), &dev).unwrap();
-            let b = Tensor::randn(0f32, 1., co, &dev).unwrap();
+            let x = seeded_randn(11, &[2, ci, h, w]);
+            let wt = seeded_randn(12, &[co, ci, 3, 3]);
+            let b = seeded_randn(13, &[co]);
             let expected = x
                 .conv2d(&wt, 1, 1, 1, 1)
                 .unwrap()
@@ -355,11 +503,10 @@ mod tests {
     /// the O(1) error of a wrong coefficient.
     #[test]
     fn float32_error_is_close_to_the_direct_convolutions() {
-        let dev = Device::Cpu;
         let (ci, co, h, w) = (128, 16, 64, 40);
-        let x = Tensor::randn(0f32, 1., (1, ci, h, w), &dev).unwrap();
+        let x = seeded_randn(14, &[1, ci, h, w]);
         // Kaiming-like scale: outputs of order 1, as in the network.
-        let wt = (Tensor::randn(0f32, 1., (co, ci, 3, 3), &dev).unwrap() / 34.0).unwrap();
+        let wt = (seeded_randn(15, &[co, ci, 3, 3]) / 34.0).unwrap();
         let exact = x
             .to_dtype(candle_core::DType::F64)
             .unwrap()
@@ -376,8 +523,8 @@ mod tests {
     fn bands_of_tile_rows_give_the_same_result() {
         let dev = Device::Cpu;
         let (ci, co, h, w) = (6, 5, 26, 19);
-        let x = Tensor::randn(0f32, 1., (ci, h, w), &dev).unwrap();
-        let wt = Tensor::randn(0f32, 1., (co, ci, 3, 3), &dev).unwrap();
+        let x = seeded_randn(16, &[ci, h, w]);
+        let wt = seeded_randn(17, &[co, ci, 3, 3]);
         let expected = x.unsqueeze(0).unwrap().conv2d(&wt, 1, 1, 1, 1).unwrap();
         let conv = Winograd::new(&wt.flatten_all().unwrap().to_vec1().unwrap(), co, ci);
         let data = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
@@ -392,6 +539,49 @@ mod tests {
         assert_eq!(
             Winograd::new(&vec![0.0; 256 * 128 * 9], 256, 128).band_rows(64, 64),
             9
+        );
+    }
+
+    #[test]
+    fn weight_gradient_matches_the_direct_sum() {
+        use crate::test_util::seeded_randn;
+        // 9 x 10 tiles, the last row and column of tiles partial; and 2 images.
+        let (n, ci, co, h, w) = (2, 7, 5, 35, 38);
+        let flat = |t: Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let x = flat(seeded_randn(1, &[n, ci, h, w]));
+        let dy = flat(seeded_randn(2, &[n, co, h, w]));
+        let ours = Winograd::weight_gradient(&x, &dy, (ci, co), (h, w));
+        // dW[o][c][ky][kx] = sum over images and pixels of dY[o](y, x) X[c](y + ky - 1, x + kx - 1).
+        let mut worst = 0f64;
+        let mut scale = 0f64;
+        for o in 0..co {
+            for c in 0..ci {
+                for ky in 0..3 {
+                    for kx in 0..3 {
+                        let mut sum = 0f64;
+                        for img in 0..n {
+                            for y in 0..h {
+                                for xx in 0..w {
+                                    let (iy, ix) = (y + ky, xx + kx);
+                                    if iy < 1 || ix < 1 || iy > h || ix > w {
+                                        continue;
+                                    }
+                                    let g = dy[((img * co + o) * h + y) * w + xx];
+                                    let v = x[((img * ci + c) * h + iy - 1) * w + ix - 1];
+                                    sum += f64::from(g) * f64::from(v);
+                                }
+                            }
+                        }
+                        let got = f64::from(ours[((o * ci + c) * 3 + ky) * 3 + kx]);
+                        worst = worst.max((got - sum).abs());
+                        scale = scale.max(sum.abs());
+                    }
+                }
+            }
+        }
+        assert!(
+            worst < 1e-5 * scale.max(1.0),
+            "error {worst} at scale {scale}"
         );
     }
 }

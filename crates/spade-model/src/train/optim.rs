@@ -69,6 +69,11 @@ impl Adam {
             let Some(grad) = grads.get(var.as_tensor()) else {
                 continue;
             };
+            // A parameter's gradient can still carry the graph of the forward (candle
+            // detaches the gradients it propagates, not the sums it hands back); moments
+            // built on it would chain every step's graph to the next and never be freed.
+            let grad = grad.detach();
+            let grad = &grad;
             let moments = match self.moments.remove(name) {
                 Some(m) => m,
                 None => Moments {

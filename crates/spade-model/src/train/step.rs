@@ -17,6 +17,7 @@ use crate::nets::generator::Generator;
 use crate::nets::layers::Mode;
 use crate::nets::vgg::Vgg19;
 use crate::ops::all_reduce::{AllReduce, Collective};
+use crate::ops::profile;
 use crate::train::loss::{self, Target};
 use crate::train::network::NetworkState;
 use crate::train::optim::{Adam, AdamConfig};
@@ -261,6 +262,7 @@ impl Trainer {
     /// `run_generator_one_step`: losses, backward, Adam step on G (and E).
     pub fn generator_step(&mut self, batch: &Batch, eps: Option<&Tensor>) -> Result<GeneratorStep> {
         let cfg = &self.config;
+        let forward = profile::scope("step: G forward + losses");
         let (fake, style) = self.generate_fake(batch, eps)?;
         let (outputs, pred_fake, pred_real) =
             self.discriminate(&batch.semantics, &fake, &batch.image)?;
@@ -284,7 +286,11 @@ impl Trainer {
             let kld = loss::kl_divergence(mu, logvar, cfg.lambda_kld)?;
             terms.push(("KLD", (kld * self.world_size() as f64)?));
         }
-        let mut grads = backward(&terms)?;
+        drop(forward);
+        let mut grads = {
+            let _time = profile::scope("step: G backward");
+            backward(&terms)?
+        };
         let mut states = vec![&self.generator_state];
         states.extend(self.encoder_state.as_ref());
         self.average_gradients(&mut grads, &states)?;
@@ -292,7 +298,10 @@ impl Trainer {
         if let Some(e) = &self.encoder_state {
             named.extend(gradients(&grads, e));
         }
-        self.optimizer_g.step(&grads)?;
+        {
+            let _time = profile::scope("step: G Adam");
+            self.optimizer_g.step(&grads)?;
+        }
         Ok(GeneratorStep {
             losses: scalars(&terms)?,
             fake: fake.detach(),
@@ -312,7 +321,10 @@ impl Trainer {
         batch: &Batch,
         eps: Option<&Tensor>,
     ) -> Result<DiscriminatorStep> {
-        let (fake, _) = self.generate_fake(batch, eps)?;
+        let (fake, _) = {
+            let _time = profile::scope("step: D step's G forward");
+            self.generate_fake(batch, eps)?
+        };
         self.discriminator_step_on(batch, &fake.detach())
     }
 
@@ -323,16 +335,24 @@ impl Trainer {
         fake: &Tensor,
     ) -> Result<DiscriminatorStep> {
         let gan = self.config.gan_mode;
+        let forward = profile::scope("step: D forward + losses");
         let (outputs, pred_fake, pred_real) =
             self.discriminate(&batch.semantics, fake, &batch.image)?;
         let terms: Vec<(&'static str, Tensor)> = vec![
             ("D_Fake", gan.loss(&pred_fake, Target::Fake)?),
             ("D_real", gan.loss(&pred_real, Target::Real)?),
         ];
-        let mut grads = backward(&terms)?;
+        drop(forward);
+        let mut grads = {
+            let _time = profile::scope("step: D backward");
+            backward(&terms)?
+        };
         self.average_gradients(&mut grads, &[&self.discriminator_state])?;
         let named = gradients(&grads, &self.discriminator_state);
-        self.optimizer_d.step(&grads)?;
+        {
+            let _time = profile::scope("step: D Adam");
+            self.optimizer_d.step(&grads)?;
+        }
         Ok(DiscriminatorStep {
             losses: scalars(&terms)?,
             fake: fake.clone(),
