@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU side by side, for a machine with an NVIDIA GPU (H100/H200 class) and network access:
 # `spade bench` (candle CUDA) and PyTorch CUDA eager on the full COCO-Stuff generator, batch
-# 1, 8 and 32, in f32 and bf16, interleaved. Builds the cuda feature (CUDA_COMPUTE_CAP=80 with
+# 1, 8 and 32, in f32 and bf16, interleaved; then training iterations (`spade bench-train` on
+# CUDA against bench/pytorch_train_step.py on CUDA) at the landscape and COCO configs. Builds the cuda feature (CUDA_COMPUTE_CAP=80 with
 # Debian's CUDA 11.8; set it to 90 with CUDA 12) and installs PyTorch into bench/.venv.
 # Usage: bench/gpu.sh [ROUNDS]
 set -euo pipefail
@@ -24,5 +25,14 @@ for round in $(seq "$rounds"); do
     done
     "$venv/bin/python" bench/pytorch_spade.py --device cuda --dtype "$dtype" --layout nchw channels_last \
       --batch 1 8 32 --iters 5
+  done
+done
+echo "== training (s/iteration, f32)"
+for round in $(seq "$rounds"); do
+  for config in landscape:2 landscape:8 coco:1 coco:4; do
+    name=${config%%:*} batch=${config##*:}
+    ./target/release/spade bench-train --config "$name" --batch "$batch" --iters 5 --device cuda:0 \
+      | tail -1 | sed "s/^/spade cuda $name batch $batch: /"
+    "$venv/bin/python" bench/pytorch_train_step.py --config "$name" --batch "$batch" --iters 5 --device cuda
   done
 done

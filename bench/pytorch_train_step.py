@@ -19,6 +19,7 @@ from pytorch_spade import Generator
 CONFIGS = {
     # name: (label channels incl. dontcare + edge, ngf, ndf, crop)
     "small": (10, 8, 16, 64),
+    "landscape": (12, 16, 32, 128),
     "coco": (184, 64, 64, 256),
 }
 
@@ -84,22 +85,28 @@ def main():
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--vgg", action="store_true")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
+    device = torch.device(args.device)
     torch.manual_seed(0)
     label_nc, ngf, ndf, crop = CONFIGS[args.config]
-    netG = Generator(label_nc=label_nc, ngf=ngf, crop=crop).train()
+    netG = Generator(label_nc=label_nc, ngf=ngf, crop=crop).train().to(device)
     for name, m in netG.named_modules():
         for conv in ("conv_0", "conv_1", "conv_s"):
             if hasattr(m, conv):
                 setattr(m, conv, spectral_norm(getattr(m, conv)))
-    netD = Multiscale(label_nc + 3, ndf).train()
-    slices = vgg19_features() if args.vgg else None
+    netD = Multiscale(label_nc + 3, ndf).train().to(device)
+    slices = [s.to(device) for s in vgg19_features()] if args.vgg else None
     opt_g = torch.optim.Adam(netG.parameters(), lr=1e-4, betas=(0.0, 0.9))
     opt_d = torch.optim.Adam(netD.parameters(), lr=4e-4, betas=(0.0, 0.9))
     n = args.batch
     labels = torch.randint(0, label_nc - 1, (n, 1, crop, crop))
-    seg = torch.zeros(n, label_nc, crop, crop).scatter_(1, labels, 1.0)
-    real = torch.rand(n, 3, crop, crop) * 2 - 1
+    seg = torch.zeros(n, label_nc, crop, crop).scatter_(1, labels, 1.0).to(device)
+    real = (torch.rand(n, 3, crop, crop) * 2 - 1).to(device)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
 
     def discriminate(fake):
         out = netD(torch.cat([torch.cat([seg, fake], 1), torch.cat([seg, real], 1)], 0))
@@ -129,12 +136,14 @@ def main():
     iteration()
     times = []
     for _ in range(args.iters):
+        sync()
         start = time.perf_counter()
         iteration()
+        sync()
         times.append(time.perf_counter() - start)
     times.sort()
     median = times[len(times) // 2]
-    print(f"pytorch {torch.__version__} ({torch.get_num_threads()} threads) {args.config} batch {n} "
+    print(f"pytorch {torch.__version__} ({torch.get_num_threads()} threads, {args.device}) {args.config} batch {n} "
           f"vgg {'on' if args.vgg else 'off'}: {median:.3f} s/iteration -> {1 / median:.3f} iterations/s")
 
 
