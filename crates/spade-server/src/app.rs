@@ -18,20 +18,8 @@ use crate::metrics::Metrics;
 use crate::models::{self, ModelInfo};
 use crate::queue::Queue;
 use crate::routes;
+use crate::state::AppState;
 use crate::worker::WorkerPool;
-
-/// Shared by every request.
-pub struct AppState {
-    pub models: Vec<ModelInfo>,
-    pub queue: Arc<Queue>,
-    pub pool: WorkerPool,
-    pub metrics: Metrics,
-    pub limits: DecodeLimits,
-    pub request_timeout: Duration,
-    pub api_keys: Vec<String>,
-    pub next_job: AtomicU64,
-    pub draining: AtomicBool,
-}
 
 /// A server running in the background, stopped by [`RunningServer::shutdown`].
 pub struct RunningServer {

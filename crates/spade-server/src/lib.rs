@@ -2,7 +2,7 @@
 //!
 //! Request flow: [`request`] reads the body → [`validate`] checks it against the model →
 //! [`queue`] holds it → [`worker`] threads take batches → [`engine`] runs the model and
-//! encodes the image → [`routes`] answers. [`app`] wires it together.
+//! encodes the image → [`routes`] answers, sharing the [`state`]. [`app`] wires it together.
 
 pub mod app;
 pub mod classes;
@@ -16,6 +16,7 @@ pub mod page;
 pub mod queue;
 pub mod request;
 pub mod routes;
+pub mod state;
 pub mod validate;
 pub mod worker;
 

@@ -15,10 +15,10 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 use tokio::sync::oneshot;
 
-use crate::app::AppState;
 use crate::error::ApiError;
 use crate::job::{BatchMeta, Done, Job, Outcome, Task};
 use crate::models::{self, ModelInfo};
+use crate::state::AppState;
 use crate::{page, request, validate};
 use spade_model::io::preprocess::DecodeLimits;
 

@@ -1,0 +1,26 @@
+//! The state every request handler shares: the models, the queue and its workers, metrics,
+//! limits and keys. Built by [`app`](crate::app), read by [`routes`](crate::routes).
+
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Arc;
+use std::time::Duration;
+
+use spade_model::io::preprocess::DecodeLimits;
+
+use crate::metrics::Metrics;
+use crate::models::ModelInfo;
+use crate::queue::Queue;
+use crate::worker::WorkerPool;
+
+/// Shared by every request.
+pub struct AppState {
+    pub models: Vec<ModelInfo>,
+    pub queue: Arc<Queue>,
+    pub pool: WorkerPool,
+    pub metrics: Metrics,
+    pub limits: DecodeLimits,
+    pub request_timeout: Duration,
+    pub api_keys: Vec<String>,
+    pub next_job: AtomicU64,
+    pub draining: AtomicBool,
+}
