@@ -139,22 +139,23 @@ impl CustomOp3 for WeightGrad {
             .map(|img| decode_one_hot(img, plane, self.classes, c))
             .collect();
         let patch = s.patch();
-        let mut out = vec![0f32; s.out_channels * (patch + 1)];
-        match decoded {
+        let out = match decoded {
             Some(maps) => {
                 let runs: Vec<RowRuns> = maps
                     .iter()
                     .map(|(labels, edges)| RowRuns::new(labels, edges, self.classes, h, w))
                     .collect();
+                let mut out = vec![0f32; s.out_channels * (patch + 1)];
                 out.par_chunks_mut(patch + 1)
                     .enumerate()
                     .for_each(|(o, row)| self.scatter(&masked, &runs, o, (n, h, w), row));
+                out
             }
             None => {
                 let dw = weight_grad(&s, seg, &masked, (h, w));
-                out = with_bias_gradient(&dw, &masked, s.out_channels, plane);
+                with_bias_gradient(&dw, &masked, s.out_channels, plane)
             }
-        }
+        };
         Ok((
             CpuStorage::F32(out),
             Shape::from((s.out_channels, patch + 1)),
