@@ -12,8 +12,8 @@ use spade_model::train::step::{Batch, Start, Trainer};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// `small` (label_nc 8, ngf 8, ndf 16, 64x64), `landscape` (the bundled model's shape:
-    /// label_nc 12, no instance maps, ngf 16, ndf 32, 128x128) or `coco` (the official
+    /// `small` (label_nc 8, ngf 8, ndf 16, 64x64), `landscape` (the shape planned for a bundled
+    /// model: label_nc 12, no instance maps, ngf 16, ndf 32, 128x128) or `coco` (the official
     /// COCO-Stuff architecture: label_nc 182 + dontcare + instance, ngf 64, ndf 64, 256x256).
     #[arg(long, default_value = "small")]
     config: String,

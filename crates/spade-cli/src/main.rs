@@ -27,7 +27,8 @@ enum Command {
     Convert(convert::Args),
     /// Measure generator throughput on random weights of an official architecture.
     Bench(bench::Args),
-    /// Measure training iterations/s (G step + D step) on random weights and data.
+    /// Measure training iterations/s (G step + D step) on random weights and data; with
+    /// `SPADE_PROFILE` set, also the time per op and per phase of an iteration.
     BenchTrain(bench_train::Args),
 }
 
