@@ -11,7 +11,7 @@
 use candle_core::{DType, Device, Module, Tensor, Var, D};
 use candle_nn::VarBuilder;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::io::config::NormKind;
 use std::sync::Arc;
 
@@ -159,7 +159,7 @@ pub enum StackedConv2d {
     },
     /// Training keeps the two weights apart (each is a variable of its own) and stacks them
     /// on every call.
-    Pair(Conv2d, Conv2d),
+    Pair(TrainConv2d, TrainConv2d),
 }
 
 impl StackedConv2d {
@@ -168,10 +168,20 @@ impl StackedConv2d {
         second: (ConvSpec, VarBuilder),
         mode: &Mode,
     ) -> Result<Self> {
+        let geometry = |s: &ConvSpec| (s.in_channels, s.kernel, s.stride, s.padding, s.bias);
+        if geometry(&first.0) != geometry(&second.0) {
+            return Err(Error::config(
+                "stacked convolutions",
+                format!(
+                    "both need the same input, kernel, stride, padding and bias, got {:?} and {:?}",
+                    first.0, second.0
+                ),
+            ));
+        }
         if mode.is_train() {
             return Ok(StackedConv2d::Pair(
-                Conv2d::new(first.0, mode, first.1)?,
-                Conv2d::new(second.0, mode, second.1)?,
+                TrainConv2d::new(first.0, &first.1)?,
+                TrainConv2d::new(second.0, &second.1)?,
             ));
         }
         let (w1, b1) = conv_weights(first.0, &first.1)?;
@@ -187,38 +197,22 @@ impl StackedConv2d {
         })
     }
 
+    /// The two outputs.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
-        match self {
-            StackedConv2d::Stacked { conv, split } => {
-                let y = conv.forward(x)?;
-                let total = y.dim(1)?;
-                Ok((y.narrow(1, 0, *split)?, y.narrow(1, *split, total - split)?))
-            }
-            StackedConv2d::Pair(first, second) => {
-                if let (Conv2d::Train(a), Conv2d::Train(b)) = (first, second) {
-                    if let Some(y) = a.stacked_with(b, x) {
-                        let (y, split) = (y?, a.weight.dim(0)?);
-                        let total = y.dim(1)?;
-                        return Ok((y.narrow(1, 0, split)?, y.narrow(1, split, total - split)?));
-                    }
-                }
-                Ok((first.forward(x)?, second.forward(x)?))
-            }
-        }
+        let y = self.forward_stacked(x)?;
+        let split = match self {
+            StackedConv2d::Stacked { split, .. } => *split,
+            StackedConv2d::Pair(first, _) => first.weight.dim(0)?,
+        };
+        let total = y.dim(1)?;
+        Ok((y.narrow(1, 0, split)?, y.narrow(1, split, total - split)?))
     }
 
     /// Both outputs stacked along the channels (first, then second).
     pub fn forward_stacked(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             StackedConv2d::Stacked { conv, .. } => conv.forward(x),
-            StackedConv2d::Pair(Conv2d::Train(a), Conv2d::Train(b)) => match a.stacked_with(b, x) {
-                Some(y) => y,
-                None => Tensor::cat(&[a.forward(x)?, b.forward(x)?], 1),
-            },
-            StackedConv2d::Pair(..) => {
-                let (a, b) = self.forward(x)?;
-                Tensor::cat(&[a, b], 1)
-            }
+            StackedConv2d::Pair(first, second) => first.stacked_with(second, x),
         }
     }
 }
@@ -397,22 +391,15 @@ impl TrainConv2d {
 
     /// `self` and `other` over the same input as one convolution with their output channels
     /// stacked (one im2col forward and backward instead of two); the gradient reaches both
-    /// weights through the concatenation. `None` when their geometry or biases differ.
-    fn stacked_with(&self, other: &Self, x: &Tensor) -> Option<candle_core::Result<Tensor>> {
+    /// weights through the concatenation. Both have the same geometry and bias presence
+    /// ([`StackedConv2d::new`] checks).
+    fn stacked_with(&self, other: &Self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let weight = Tensor::cat(&[self.weight()?, other.weight()?], 0)?;
         let bias = match (&self.bias, &other.bias) {
-            (Some(a), Some(b)) => Some(Some((a, b))),
-            (None, None) => Some(None),
+            (Some(a), Some(b)) => Some(Tensor::cat(&[a, b], 0)?),
             _ => None,
-        }?;
-        if (self.stride, self.padding) != (other.stride, other.padding) {
-            return None;
-        }
-        let run = || {
-            let weight = Tensor::cat(&[self.weight()?, other.weight()?], 0)?;
-            let bias = bias.map(|(a, b)| Tensor::cat(&[a, b], 0)).transpose()?;
-            self.apply(x, &weight, bias.as_ref())
         };
-        Some(run())
+        self.apply(x, &weight, bias.as_ref())
     }
 }
 

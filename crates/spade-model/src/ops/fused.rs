@@ -16,7 +16,8 @@ pub fn leaky_relu(x: &Tensor) -> candle_core::Result<Tensor> {
     }
 }
 
-const SLOPE: f32 = 0.2;
+/// The negative slope of SPADE's leaky ReLU.
+pub(crate) const SLOPE: f32 = 0.2;
 
 fn slice<'a>(
     storage: &'a CpuStorage,

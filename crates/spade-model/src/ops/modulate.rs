@@ -6,6 +6,7 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, Layout, Shape};
 use rayon::prelude::*;
 
+use super::fused::SLOPE;
 use super::layout::nchw;
 
 /// The parameter-free normalisation inside SPADE.
@@ -47,12 +48,27 @@ impl Modulate {
         for (((o, &v), &g), &b) in out.iter_mut().zip(x).zip(gamma).zip(beta) {
             let y = (v * scale + shift) * (1.0 + g) + b;
             *o = if self.leaky_relu && y < 0.0 {
-                0.2 * y
+                SLOPE * y
             } else {
                 y
             };
         }
     }
+}
+
+/// `(n, c, plane)` of `x` (N x C x H x W) once `gamma_beta` is checked to be N x 2C x H x W.
+pub(super) fn gamma_beta_fits(
+    x: [usize; 4],
+    gamma_beta: [usize; 4],
+) -> candle_core::Result<(usize, usize, usize)> {
+    let [n, c, h, w] = x;
+    if gamma_beta != [n, 2 * c, h, w] {
+        candle_core::bail!(
+            "modulation needs gamma/beta of shape {:?}, got {gamma_beta:?}",
+            [n, 2 * c, h, w]
+        );
+    }
+    Ok((n, c, h * w))
 }
 
 impl candle_core::CustomOp2 for Modulate {
@@ -68,15 +84,10 @@ impl candle_core::CustomOp2 for Modulate {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let _time = super::profile::scope(self.name());
-        let (x, [n, c, h, w]) = nchw(s1, l1)?;
-        let (gb, dims) = nchw(s2, l2)?;
-        if dims != [n, 2 * c, h, w] {
-            candle_core::bail!(
-                "modulation needs gamma/beta of shape {:?}, got {dims:?}",
-                [n, 2 * c, h, w]
-            );
-        }
-        let plane = h * w;
+        let (x, x_dims) = nchw(s1, l1)?;
+        let (gb, gb_dims) = nchw(s2, l2)?;
+        let (n, c, plane) = gamma_beta_fits(x_dims, gb_dims)?;
+        let [_, _, h, w] = x_dims;
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(plane).enumerate().for_each(|(i, dst)| {
             let (img, ch) = (i / c, i % c);

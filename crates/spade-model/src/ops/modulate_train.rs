@@ -6,27 +6,15 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::fused::SLOPE;
 use super::layout::nchw;
+use super::modulate::gamma_beta_fits;
 
 /// `x * (1 + gamma) + beta` (then `leaky_relu(0.2)` when `leaky_relu`), with `gamma` and
 /// `beta` the two channel halves of the second input; differentiable in both inputs.
 #[derive(Debug, Clone, Copy)]
 pub struct ModulateTrain {
     pub leaky_relu: bool,
-}
-
-const SLOPE: f32 = 0.2;
-
-/// `(n, c, plane)` of `x` (N x C x H x W) after checking that `gb` is N x 2C x H x W.
-fn dims(x: [usize; 4], gb: [usize; 4]) -> candle_core::Result<(usize, usize, usize)> {
-    let [n, c, h, w] = x;
-    if gb != [n, 2 * c, h, w] {
-        candle_core::bail!(
-            "modulation needs gamma/beta of shape {:?}, got {gb:?}",
-            [n, 2 * c, h, w]
-        );
-    }
-    Ok((n, c, h * w))
 }
 
 impl ModulateTrain {
@@ -50,7 +38,7 @@ impl CustomOp2 for ModulateTrain {
         let _time = super::profile::scope(self.name());
         let (x, x_dims) = nchw(xs, xl)?;
         let (gb, gb_dims) = nchw(gs, gl)?;
-        let (_, c, plane) = dims(x_dims, gb_dims)?;
+        let (_, c, plane) = gamma_beta_fits(x_dims, gb_dims)?;
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(plane).enumerate().for_each(|(i, dst)| {
             let (img, ch) = (i / c, i % c);
@@ -107,7 +95,7 @@ impl CustomOp3 for ModulateGrad {
         let (x, x_dims) = nchw(xs, xl)?;
         let (gb, gb_dims) = nchw(gs, gl)?;
         let (dy, dy_dims) = nchw(ds, dl)?;
-        let (n, c, plane) = dims(x_dims, gb_dims)?;
+        let (n, c, plane) = gamma_beta_fits(x_dims, gb_dims)?;
         if dy_dims != x_dims {
             candle_core::bail!("modulation gradient of shape {dy_dims:?} for {x_dims:?}");
         }

@@ -548,4 +548,22 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn a_bias_that_does_not_fit_is_an_error_that_says_what_was_expected() {
+        let x = seeded_randn(1, &[1, 4, 6, 6]);
+        let wt = seeded_randn(2, &[5, 4, 3, 3]);
+        let conv = TrainableConv {
+            stride: 1,
+            padding: 1,
+        };
+        let msg = x
+            .apply_op3(&wt, &seeded_randn(3, &[4]), conv)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("conv bias has 4 values for 5 output channels"),
+            "{msg}"
+        );
+    }
 }
