@@ -6,8 +6,9 @@
 # SPADE_DEVICES, SPADE_WORKERS_PER_DEVICE, SPADE_MAX_BATCH_SIZE, SPADE_MAX_BATCH_DELAY_MS,
 # SPADE_MAX_QUEUE, SPADE_REQUEST_TIMEOUT, SPADE_API_KEYS / SPADE_API_KEY_FILE,
 # SPADE_MAX_BODY_BYTES, SPADE_MAX_PIXELS, SPADE_CORS_ORIGINS, SPADE_SHUTDOWN_GRACE.
-# Volumes: /models (checkpoint folders or converted .safetensors files, read-only) for the
-# server; /data (datasets in the official layouts, VGG19 weights) and /checkpoints for
+# The image serves the bundled landscapes model (built into the binary) without any volume or
+# SPADE_MODELS. Mount your own checkpoints (folders or converted .safetensors files,
+# read-only) at /models and name them in SPADE_MODELS; /data (datasets in the official layouts, VGG19 weights) and /checkpoints for
 # `trainer` (see deploy/training). Trainer environment for data-parallel runs: WORLD_SIZE,
 # RANK / JOB_COMPLETION_INDEX, LOCAL_RANK and the NCCL id file (see README, Training).
 ARG VARIANT=cpu
@@ -41,7 +42,8 @@ COPY Cargo.toml Cargo.lock ./
 COPY crates/spade-model/Cargo.toml crates/spade-model/
 COPY crates/spade-cli/Cargo.toml crates/spade-cli/
 COPY crates/spade-server/Cargo.toml crates/spade-server/
-RUN for c in spade-model spade-cli spade-server; do mkdir -p crates/$c/src && echo 'fn main() {}' > crates/$c/src/main.rs && touch crates/$c/src/lib.rs; done \
+COPY crates/spade-landscapes/Cargo.toml crates/spade-landscapes/
+RUN for c in spade-model spade-cli spade-server spade-landscapes; do mkdir -p crates/$c/src && echo 'fn main() {}' > crates/$c/src/main.rs && touch crates/$c/src/lib.rs; done \
     && mkdir -p crates/spade-model/src/bin && echo 'fn main() {}' > crates/spade-model/src/bin/trainer.rs \
     && cargo build --release --locked -p spade-server -p spade-cli --features "${CARGO_FEATURES}" \
     && cargo build --release --locked -p spade-model --bin trainer --features "${TRAINER_FEATURES}"
@@ -72,7 +74,6 @@ RUN apt-get update \
 COPY --from=build /out/spade-server /out/spade /out/trainer /usr/local/bin/
 ENV SPADE_LISTEN=0.0.0.0:8080 \
     RUST_LOG=info
-VOLUME ["/models"]
 EXPOSE 8080
 USER 10001
 HEALTHCHECK --interval=15s --timeout=3s --start-period=120s --retries=3 \

@@ -197,3 +197,43 @@ test("colour label maps round-trip, and off-palette colours are snapped with a w
   assert.ok(await page.evaluate(() => state.ids.every((id) => id === 1)));
   await page.close();
 });
+
+test("without flags the page opens on the bundled landscapes, classes named and coloured", async () => {
+  const bundledPort = port + 1;
+  const bundled = spawn(serverBin, ["--listen", `127.0.0.1:${bundledPort}`], { stdio: "inherit" });
+  try {
+    const url = `http://127.0.0.1:${bundledPort}`;
+    for (let i = 0; i < 600; i++) {
+      try {
+        if ((await fetch(`${url}/readyz`)).ok) break;
+      } catch {}
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+    await page.goto(url);
+    await page.waitForSelector(".class");
+    assert.equal(await page.evaluate(() => state.model.name), "landscapes");
+    const names = await page.$$eval(".class", (buttons) => buttons.map((b) => b.textContent));
+    for (const name of ["sky", "cloud", "mountain", "snow", "tree", "sea", "sand"]) assert.ok(names.includes(name), name);
+    const seaSwatch = await page.$eval(".class:has-text('sea') .swatch", (s) => getComputedStyle(s).backgroundColor);
+    assert.equal(seaSwatch, "rgb(54, 62, 167)");
+    // Paint a mountain ridge across the sky and fill the sea below it.
+    const box = await page.locator("#canvas").boundingBox();
+    await page.click(".class >> text=mountain");
+    await page.keyboard.press("b");
+    await page.mouse.move(box.x + 1, box.y + box.height * 0.5);
+    await page.mouse.down();
+    await page.mouse.move(box.x + box.width - 1, box.y + box.height * 0.5, { steps: 16 });
+    await page.mouse.up();
+    await page.click(".class >> text=sea");
+    await page.keyboard.press("f");
+    await page.mouse.click(box.x + box.width * 0.5, box.y + box.height * 0.85);
+    await generateAndWait(page);
+    const shown = await displayedImage(page);
+    assert.ok(shown.length > 1000, "an image came back");
+    await page.screenshot({ path: join(artifacts, "landscapes-1280x800.png") });
+    await page.close();
+  } finally {
+    bundled.kill("SIGTERM");
+  }
+});

@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use candle_core::Device;
+use candle_core::{DType, Device};
+use spade_model::io::checkpoint::read_classes;
 use spade_model::{Checkpoint, SpadeModel};
 
 #[derive(clap::Args)]
@@ -14,12 +15,26 @@ pub struct Args {
     /// Output .safetensors file.
     #[arg(long)]
     out: PathBuf,
+    /// Store the weights in half precision (f16): half the file; they load back into the
+    /// compute precision.
+    #[arg(long)]
+    half: bool,
+    /// Class list (`classes.txt`: `id name #rrggbb` per line) to carry in the file, for
+    /// models of custom datasets; a `classes.txt` in the checkpoint folder is carried anyway.
+    #[arg(long)]
+    classes: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let ckpt = Checkpoint::open(&args.checkpoint)?;
+    let mut ckpt = Checkpoint::open(&args.checkpoint)?;
+    if let Some(path) = &args.classes {
+        ckpt.classes = Some(read_classes(path, &ckpt.config)?);
+    }
+    if args.half {
+        ckpt = ckpt.with_storage_dtype(DType::F16)?;
+    }
     // Build the networks once so a checkpoint that cannot run is never converted.
-    SpadeModel::from_checkpoint(&ckpt, &Device::Cpu, candle_core::DType::F32)?;
+    SpadeModel::from_checkpoint(&ckpt, &Device::Cpu, DType::F32)?;
     ckpt.save(&args.out)
         .with_context(|| format!("writing {}", args.out.display()))?;
     println!(

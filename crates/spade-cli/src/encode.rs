@@ -10,9 +10,10 @@ use spade_model::SpadeModel;
 #[derive(clap::Args)]
 #[command(group(clap::ArgGroup::new("inputs").required(true).args(["image", "image_npy"])))]
 pub struct Args {
-    /// Checkpoint folder or converted .safetensors file with an encoder.
+    /// Checkpoint folder or converted .safetensors file with an encoder; without it, the
+    /// bundled landscapes model.
     #[arg(long)]
-    checkpoint: PathBuf,
+    checkpoint: Option<PathBuf>,
     /// Style photo (PNG, JPEG, WebP), preprocessed like the official loader.
     #[arg(long)]
     image: Option<PathBuf>,
@@ -32,7 +33,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let device = crate::parse_device(&args.device)?;
-    let model = crate::load_model(&args.checkpoint, &device, &args.dtype)?;
+    let model = crate::load_model(args.checkpoint.as_deref(), &device, &args.dtype)?;
     let image = match (&args.image, &args.image_npy) {
         (Some(path), _) => load_photo(&model, path)?,
         (None, Some(path)) => {

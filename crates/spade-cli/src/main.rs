@@ -4,6 +4,7 @@ mod bench;
 mod bench_train;
 mod convert;
 mod encode;
+mod make_dataset;
 mod synthesize;
 
 use anyhow::Result;
@@ -30,6 +31,8 @@ enum Command {
     /// Measure training iterations/s (G step + D step) on random weights and data; with
     /// `SPADE_PROFILE` set, also the time per op and per phase of an iteration.
     BenchTrain(bench_train::Args),
+    /// Write a training dataset (procedural landscapes) in the custom dataset layout.
+    MakeDataset(make_dataset::Args),
 }
 
 fn main() {
@@ -40,6 +43,7 @@ fn main() {
         Command::Convert(args) => convert::run(args),
         Command::Bench(args) => bench::run(args),
         Command::BenchTrain(args) => bench_train::run(args),
+        Command::MakeDataset(args) => make_dataset::run(args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");
@@ -52,14 +56,18 @@ pub fn parse_device(spec: &str) -> Result<Device> {
     Ok(spade_model::model::parse_device(spec)?)
 }
 
-/// A checkpoint folder or converted file on `device`, computing in `dtype` (`f32`, `f16`, `bf16`).
+/// A checkpoint folder or converted file (the bundled landscapes model without one) on
+/// `device`, computing in `dtype` (`f32`, `f16`, `bf16`).
 pub fn load_model(
-    path: &std::path::Path,
+    path: Option<&std::path::Path>,
     device: &Device,
     dtype: &str,
 ) -> Result<spade_model::SpadeModel> {
     let dtype = spade_model::model::parse_dtype(dtype)?;
-    let checkpoint = spade_model::Checkpoint::open(path)?;
+    let checkpoint = match path {
+        Some(path) => spade_model::Checkpoint::open(path)?,
+        None => spade_landscapes::bundled::checkpoint()?,
+    };
     Ok(spade_model::SpadeModel::from_checkpoint(
         &checkpoint,
         device,

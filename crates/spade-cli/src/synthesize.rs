@@ -12,9 +12,10 @@ use spade_model::SpadeModel;
 #[command(group(clap::ArgGroup::new("style_source").args(["z", "seed", "style"])))]
 #[command(group(clap::ArgGroup::new("outputs").required(true).multiple(true).args(["out", "out_npy"])))]
 pub struct Args {
-    /// Checkpoint folder (opt.txt + latest_net_G.pth) or converted .safetensors file.
+    /// Checkpoint folder (opt.txt + latest_net_G.pth) or converted .safetensors file;
+    /// without it, the bundled landscapes model.
     #[arg(long)]
-    checkpoint: PathBuf,
+    checkpoint: Option<PathBuf>,
     /// Label map PNG of class ids, preprocessed like the official test loader.
     #[arg(long)]
     label: Option<PathBuf>,
@@ -49,7 +50,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let device = crate::parse_device(&args.device)?;
-    let model = crate::load_model(&args.checkpoint, &device, &args.dtype)?;
+    let model = crate::load_model(args.checkpoint.as_deref(), &device, &args.dtype)?;
     let semantics = match (&args.label, &args.semantics) {
         (Some(label), _) => semantics_from_pngs(&model, label, args.instance.as_deref())?,
         (None, Some(path)) => read_npy(path)?,

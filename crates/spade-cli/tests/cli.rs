@@ -195,3 +195,59 @@ fn bad_invocations_are_clear_errors() {
     let err = fails(&["bench", "--arch", "facades"]);
     assert!(err.contains("facades"), "{err}");
 }
+
+#[test]
+fn make_dataset_then_synthesize_with_the_bundled_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    ok(&[
+        "make-dataset",
+        "landscapes",
+        "--count",
+        "2",
+        "--size",
+        "64",
+        "--seed",
+        "2",
+        "--out",
+        s(&data),
+    ]);
+    let label = data.join("label/000001.png");
+    let photo = image::open(data.join("image/000001.png")).unwrap();
+    assert_eq!((photo.width(), photo.height()), (64, 64));
+    // No --checkpoint: the bundled model, at its own 256 x 256; two seeds, two styles.
+    let (a, b) = (tmp.path().join("a.png"), tmp.path().join("b.png"));
+    ok(&[
+        "synthesize",
+        "--label",
+        s(&label),
+        "--seed",
+        "1",
+        "--out",
+        s(&a),
+    ]);
+    ok(&[
+        "synthesize",
+        "--label",
+        s(&label),
+        "--seed",
+        "2",
+        "--out",
+        s(&b),
+    ]);
+    let (a, b) = (
+        image::open(&a).unwrap().to_rgb8(),
+        image::open(&b).unwrap().to_rgb8(),
+    );
+    assert_eq!(a.dimensions(), (256, 256));
+    assert_ne!(a.as_raw(), b.as_raw());
+    let err = fails(&[
+        "make-dataset",
+        "landscapes",
+        "--count",
+        "0",
+        "--out",
+        s(&data),
+    ]);
+    assert!(err.contains("--count 0"), "{err}");
+}

@@ -96,6 +96,7 @@ fn cityscapes_generator_matches_reference_from_both_pth_formats() {
             source: zip_path,
         },
         encoder: None,
+        classes: None,
     };
     let zip_model = SpadeModel::from_checkpoint(&zip, &cpu(), DType::F32).unwrap();
     assert_close(

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use axum::extract::DefaultBodyLimit;
 use spade_model::io::preprocess::DecodeLimits;
 use tokio::net::TcpListener;
@@ -46,13 +46,6 @@ impl RunningServer {
 pub async fn start(config: ServerConfig) -> Result<RunningServer> {
     config.validate()?;
     let specs = config.model_specs()?;
-    if specs.is_empty() {
-        bail!(
-            "no model to serve: give --model NAME=PATH (a checkpoint folder with opt.txt and \
-             latest_net_G.pth, or a .safetensors file from `spade convert`); there is no bundled \
-             default model yet"
-        );
-    }
     let devices = config
         .devices
         .iter()

@@ -1,12 +1,13 @@
 //! What a model's label ids mean: class names and the colours of colour-coded label maps,
 //! for the official datasets (COCO-Stuff 182, ADE20K 150, Cityscapes 35) and numbered
-//! classes otherwise. Colours follow the reference visualiser (`util.labelcolormap`).
+//! classes otherwise, unless the checkpoint carries its own list (`classes.txt`). Colours
+//! follow the reference visualiser (`util.labelcolormap`).
 
 use spade_model::io::palette::voc_colour;
 use std::collections::HashMap;
 
 use serde::Serialize;
-use spade_model::Config;
+use spade_model::{Checkpoint, Config};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Class {
@@ -81,6 +82,26 @@ const COCO_COLORS: [(&str, [u8; 3]); 5] = [
 ];
 
 impl ClassTable {
+    /// The checkpoint's own class list where it carries one, else [`ClassTable::for_config`].
+    pub fn for_checkpoint(checkpoint: &Checkpoint) -> Self {
+        let Some(list) = &checkpoint.classes else {
+            return Self::for_config(&checkpoint.config);
+        };
+        let classes = list
+            .0
+            .iter()
+            .enumerate()
+            .map(|(id, c)| Class {
+                id: id as u32,
+                name: c.name.clone(),
+                group: None,
+                color: format!("#{:02x}{:02x}{:02x}", c.rgb[0], c.rgb[1], c.rgb[2]),
+                rgb: c.rgb,
+            })
+            .collect();
+        Self::from_classes(classes)
+    }
+
     pub fn for_config(config: &Config) -> Self {
         let count = config.label_channels();
         let names: Vec<&str> = match (config.dataset_mode.as_str(), config.label_nc) {
@@ -114,6 +135,10 @@ impl ClassTable {
                 }
             })
             .collect();
+        Self::from_classes(classes)
+    }
+
+    fn from_classes(classes: Vec<Class>) -> Self {
         // Where two ids share a colour (Cityscapes' void classes), the first one wins.
         let mut by_color = HashMap::new();
         for class in &classes {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use spade_model::Checkpoint;
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -20,7 +21,7 @@ pub struct ServerConfig {
 
     /// A model to serve, NAME=PATH (checkpoint folder with opt.txt, or converted
     /// .safetensors). Repeat for several; the first is the default. Without it the bundled
-    /// default model is served.
+    /// landscapes model (built into the binary) is served as `landscapes`.
     #[arg(long = "model", env = "SPADE_MODELS", value_delimiter = ',')]
     pub models: Vec<String>,
 
@@ -91,15 +92,48 @@ pub struct ServerConfig {
     pub shutdown_grace: f64,
 }
 
-/// One `--model NAME=PATH`.
+/// One model to serve.
 #[derive(Debug, Clone)]
 pub struct ModelSpec {
     pub name: String,
-    pub path: PathBuf,
+    pub source: ModelSource,
+}
+
+#[derive(Debug, Clone)]
+pub enum ModelSource {
+    /// `--model NAME=PATH`: a checkpoint folder or a converted file.
+    Path(PathBuf),
+    /// The landscapes model compiled into the binary.
+    Bundled,
+}
+
+impl ModelSpec {
+    pub fn open(&self) -> Result<Checkpoint> {
+        let checkpoint = match &self.source {
+            ModelSource::Path(path) => Checkpoint::open(path),
+            ModelSource::Bundled => spade_landscapes::bundled::checkpoint(),
+        };
+        checkpoint.with_context(|| format!("model `{}`", self.name))
+    }
+
+    /// Where it comes from, for logs.
+    pub fn location(&self) -> String {
+        match &self.source {
+            ModelSource::Path(path) => path.display().to_string(),
+            ModelSource::Bundled => spade_landscapes::bundled::SOURCE.to_string(),
+        }
+    }
 }
 
 impl ServerConfig {
+    /// The `--model`s, or the bundled landscapes model when there are none.
     pub fn model_specs(&self) -> Result<Vec<ModelSpec>> {
+        if self.models.is_empty() {
+            return Ok(vec![ModelSpec {
+                name: spade_landscapes::bundled::NAME.to_string(),
+                source: ModelSource::Bundled,
+            }]);
+        }
         let specs = self
             .models
             .iter()
@@ -116,7 +150,7 @@ impl ServerConfig {
                 }
                 Ok(ModelSpec {
                     name: name.to_string(),
-                    path: PathBuf::from(path),
+                    source: ModelSource::Path(PathBuf::from(path)),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -189,6 +223,10 @@ mod tests {
             (specs[0].name.as_str(), specs[1].name.as_str()),
             ("coco", "ade")
         );
+        let bundled = parse(&[]).model_specs().unwrap();
+        assert_eq!(bundled.len(), 1);
+        assert_eq!(bundled[0].name, "landscapes");
+        assert!(matches!(bundled[0].source, ModelSource::Bundled));
         for (bad, why) in [
             (vec!["--model", "/m/coco"], "NAME=PATH"),
             (vec!["--model", "co co=/m"], "letters"),

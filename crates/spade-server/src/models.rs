@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use candle_core::Device;
 use serde::Serialize;
 use spade_model::io::preprocess::Preprocessor;
-use spade_model::{Checkpoint, Config, SpadeModel};
+use spade_model::{Config, SpadeModel};
 
 use crate::classes::{Class, ClassTable};
 use crate::config::ModelSpec;
@@ -62,17 +62,16 @@ pub fn load(
     let mut infos = Vec::new();
     let mut per_device: Vec<Vec<SpadeModel>> = devices.iter().map(|_| Vec::new()).collect();
     for spec in specs {
-        let ckpt =
-            Checkpoint::open(&spec.path).with_context(|| format!("model `{}`", spec.name))?;
+        let ckpt = spec.open()?;
         for (device, models) in devices.iter().zip(&mut per_device) {
             let model = SpadeModel::from_checkpoint(&ckpt, device, dtype)
                 .with_context(|| format!("model `{}` on {device:?}", spec.name))?;
             models.push(model);
         }
-        tracing::info!(model = %spec.name, path = %spec.path.display(), "loaded");
+        tracing::info!(model = %spec.name, from = %spec.location(), "loaded");
         infos.push(ModelInfo {
             name: spec.name.clone(),
-            classes: ClassTable::for_config(&ckpt.config),
+            classes: ClassTable::for_checkpoint(&ckpt),
             has_encoder: ckpt.encoder.is_some(),
             preprocessor: Preprocessor::new(&ckpt.config),
             config: ckpt.config,

@@ -775,3 +775,50 @@ async fn openapi_spec_matches_the_served_routes() {
     }
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_flags_the_bundled_landscapes_model_is_served() {
+    let (server, base) = start(config(&[])).await;
+    let client = Client::new();
+    let models: serde_json::Value = client
+        .get(format!("{base}/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let model = &models["models"][0];
+    assert_eq!(model["name"], "landscapes");
+    assert_eq!(model["default"], true);
+    assert_eq!(model["has_encoder"], true);
+    let classes = model["classes"].as_array().unwrap();
+    let names: Vec<&str> = classes
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(&names[..3], ["sky", "cloud", "mountain"]);
+    assert_eq!(classes[8]["color"], "#363ea7");
+
+    // A colour-coded painting (the page's palette): sky above sea.
+    let sky = [95, 219, 255];
+    let sea = [54, 62, 167];
+    let painted =
+        image::RgbImage::from_fn(64, 64, |_, y| image::Rgb(if y < 32 { sky } else { sea }));
+    let png = png_bytes(image::DynamicImage::ImageRgb8(painted));
+    let url = format!("{base}/v1/synthesize?seed=3");
+    let r = post_png(&client, &url, png.clone()).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["x-model"], "landscapes");
+    let out = image::load_from_memory(&r.bytes().await.unwrap())
+        .unwrap()
+        .to_rgb8();
+    assert_eq!(out.dimensions(), (256, 256));
+    // Another style seed, another picture of the same map.
+    let other = post_png(&client, &format!("{base}/v1/synthesize?seed=4"), png).await;
+    let other = image::load_from_memory(&other.bytes().await.unwrap())
+        .unwrap()
+        .to_rgb8();
+    assert_ne!(out.as_raw(), other.as_raw());
+    server.shutdown().await;
+}

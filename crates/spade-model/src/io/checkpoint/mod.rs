@@ -1,5 +1,6 @@
 //! Checkpoint files: an official folder (`opt.txt`, `latest_net_G.pth`, optionally
-//! `latest_net_E.pth`) or one converted safetensors file, read into named CPU tensors.
+//! `latest_net_E.pth` and our `classes.txt`) or one converted safetensors file, read into
+//! named CPU tensors.
 
 pub mod pth;
 pub mod pth_write;
@@ -12,6 +13,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::error::{Error, Result};
+use crate::io::classes::ClassList;
 use crate::io::config::Config;
 
 /// Prefix of the generator tensors in a converted file (the official model attribute).
@@ -47,7 +49,12 @@ pub struct Checkpoint {
     pub config: Config,
     pub generator: StateDict,
     pub encoder: Option<StateDict>,
+    /// Names and colours of the label ids, where the checkpoint carries them.
+    pub classes: Option<ClassList>,
 }
+
+/// Largest `classes.txt` read: far above [`crate::io::classes::MAX_CLASSES`] short lines.
+const MAX_CLASSES_TXT_BYTES: u64 = 1 << 20;
 
 impl Checkpoint {
     /// Opens a checkpoint folder or a `.safetensors` file written by [`Checkpoint::save`].
@@ -88,15 +95,31 @@ impl Checkpoint {
         } else {
             None
         };
+        let classes_txt = dir.join("classes.txt");
+        let classes = if classes_txt.is_file() {
+            Some(read_classes(&classes_txt, &config)?)
+        } else {
+            None
+        };
         Ok(Self {
             config,
             generator,
             encoder,
+            classes,
         })
     }
 
     fn open_safetensors(path: &Path) -> Result<Self> {
-        let (config, tensors) = safetensors::read(path)?;
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        Self::from_safetensors_bytes(&bytes, path)
+    }
+
+    /// A converted checkpoint held in memory (the bundled model); `path` names it in errors.
+    pub fn from_safetensors_bytes(bytes: &[u8], path: &Path) -> Result<Self> {
+        let (config, classes, tensors) = safetensors::read_bytes(bytes, path)?;
+        if let Some(list) = &classes {
+            check_class_count(list, &config).map_err(|e| Error::checkpoint(path, e))?;
+        }
         let mut generator = HashMap::new();
         let mut encoder = HashMap::new();
         for (name, tensor) in tensors {
@@ -123,7 +146,23 @@ impl Checkpoint {
             config,
             generator: dict(generator),
             encoder: (!encoder.is_empty()).then(|| dict(encoder)),
+            classes,
         })
+    }
+
+    /// The same checkpoint with every floating-point tensor stored as `dtype` (half precision
+    /// halves a converted file; loading widens it back to the compute precision).
+    pub fn with_storage_dtype(mut self, dtype: DType) -> Result<Self> {
+        for dict in std::iter::once(&mut self.generator).chain(self.encoder.as_mut()) {
+            for tensor in dict.tensors.values_mut() {
+                if tensor.dtype().is_float() {
+                    *tensor = tensor
+                        .to_dtype(dtype)
+                        .map_err(|e| Error::checkpoint(&dict.source, e))?;
+                }
+            }
+        }
+        Ok(self)
     }
 
     /// Writes everything to one safetensors file, config included.
@@ -140,7 +179,45 @@ impl Checkpoint {
         if let Some(encoder) = &self.encoder {
             all.extend(prefixed(ENCODER_PREFIX, encoder));
         }
-        safetensors::write(path, &self.config, &all)
+        safetensors::write(path, &self.config, self.classes.as_ref(), &all)
+    }
+}
+
+/// Reads a folder's `classes.txt`, bounded in size, with as many classes as the model has ids.
+pub fn read_classes(path: &Path, config: &Config) -> Result<ClassList> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut text = String::new();
+    file.take(MAX_CLASSES_TXT_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| Error::io(path, e))?;
+    if text.len() as u64 > MAX_CLASSES_TXT_BYTES {
+        return Err(Error::checkpoint(
+            path,
+            format!("larger than {MAX_CLASSES_TXT_BYTES} bytes"),
+        ));
+    }
+    let list = ClassList::parse(&text).map_err(|e| Error::checkpoint(path, e))?;
+    check_class_count(&list, config).map_err(|e| Error::checkpoint(path, e))?;
+    Ok(list)
+}
+
+/// A class list names exactly the model's label ids (`label_nc`, plus the don't-care id).
+fn check_class_count(list: &ClassList, config: &Config) -> std::result::Result<(), String> {
+    let ids = config.label_nc + usize::from(config.contain_dontcare_label);
+    if list.0.len() == ids || list.0.len() == config.label_nc {
+        Ok(())
+    } else {
+        Err(format!(
+            "names {} classes, the model has label_nc {}{}",
+            list.0.len(),
+            config.label_nc,
+            if config.contain_dontcare_label {
+                " plus a don't-care label"
+            } else {
+                ""
+            }
+        ))
     }
 }
 

@@ -8,16 +8,22 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 
 use crate::error::{Error, Result};
+use crate::io::classes::ClassList;
 use crate::io::config::Config;
 
 /// Metadata key holding the config JSON.
 const CONFIG_KEY: &str = "spade_config";
+/// Metadata key holding the class list (`classes.txt` text), where the model has one.
+const CLASSES_KEY: &str = "spade_classes";
 
-/// Reads the tensors (prefixes kept) and the config stored in the header.
-pub fn read(path: &Path) -> Result<(Config, HashMap<String, Tensor>)> {
+/// Reads the tensors (prefixes kept), the config and the class list stored in the header of
+/// a converted file held in memory; `path` names it in errors.
+pub fn read_bytes(
+    bytes: &[u8],
+    path: &Path,
+) -> Result<(Config, Option<ClassList>, HashMap<String, Tensor>)> {
     let fail = |reason: String| Error::checkpoint(path, reason);
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+    let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| fail(format!("not a valid safetensors file: {e}")))?;
     let config_json = header
         .metadata()
@@ -29,9 +35,15 @@ pub fn read(path: &Path) -> Result<(Config, HashMap<String, Tensor>)> {
             ))
         })?;
     let config = Config::from_json_str(config_json).map_err(|e| fail(e.to_string()))?;
-    let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+    let classes = match header.metadata().as_ref().and_then(|m| m.get(CLASSES_KEY)) {
+        Some(text) => {
+            Some(ClassList::parse(text).map_err(|e| fail(format!("`{CLASSES_KEY}`: {e}")))?)
+        }
+        None => None,
+    };
+    let tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu)
         .map_err(|e| fail(e.to_string()))?;
-    Ok((config, tensors))
+    Ok((config, classes, tensors))
 }
 
 /// Reads every tensor of a safetensors file, whatever its metadata.
@@ -41,9 +53,17 @@ pub fn read_plain(path: &Path) -> Result<HashMap<String, Tensor>> {
         .map_err(|e| Error::checkpoint(path, format!("not a valid safetensors file: {e}")))
 }
 
-/// Writes a converted checkpoint (config in the metadata), atomically.
-pub fn write(path: &Path, config: &Config, tensors: &HashMap<String, Tensor>) -> Result<()> {
-    let metadata = HashMap::from([(CONFIG_KEY.to_string(), config.to_json())]);
+/// Writes a converted checkpoint (config and class list in the metadata), atomically.
+pub fn write(
+    path: &Path,
+    config: &Config,
+    classes: Option<&ClassList>,
+    tensors: &HashMap<String, Tensor>,
+) -> Result<()> {
+    let mut metadata = HashMap::from([(CONFIG_KEY.to_string(), config.to_json())]);
+    if let Some(classes) = classes {
+        metadata.insert(CLASSES_KEY.to_string(), classes.to_text());
+    }
     write_plain(path, metadata, tensors)
 }
 
