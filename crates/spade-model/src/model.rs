@@ -38,6 +38,9 @@ impl SpadeModel {
             ));
         }
         let config = ckpt.config.clone();
+        for dict in std::iter::once(&ckpt.generator).chain(&ckpt.encoder) {
+            dict.check_finite()?;
+        }
         let g = &ckpt.generator;
         let generator =
             Generator::new(&config, g.var_builder(dtype, device)).map_err(|e| g.context(e))?;

@@ -143,3 +143,23 @@ fn safetensors_without_config_or_with_garbage_is_an_error() {
     std::fs::write(&garbage, b"\xff\xff\xff\xff\xff\xff\xff\x7f{}").unwrap();
     assert!(open_error(&garbage).contains("not a valid safetensors"));
 }
+
+#[test]
+fn nan_or_infinite_weights_are_refused_with_the_tensor_name() {
+    for bad_value in [f32::NAN, f32::INFINITY] {
+        let mut ckpt = Checkpoint::open(&case("gen_coco_eval")).unwrap();
+        let name = "head_0.conv_0.bias";
+        let good = ckpt.generator.tensors[name].clone();
+        let mut values = good.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        values[3] = bad_value;
+        let bad = Tensor::from_vec(values, good.shape(), &Device::Cpu).unwrap();
+        ckpt.generator.tensors.insert(name.into(), bad);
+        let err = SpadeModel::from_checkpoint(&ckpt, &Device::Cpu, DType::F32)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(name) && err.contains("NaN or infinite"),
+            "{err}"
+        );
+    }
+}

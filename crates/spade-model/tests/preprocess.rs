@@ -134,3 +134,65 @@ fn decode_limits_are_checked_from_the_header() {
     let err = decode_photo(&jpg, "photo", &small).unwrap_err();
     assert!(err.to_string().contains("exceeds"), "{err}");
 }
+
+/// A PNG of `ids` (one row) at `bits` per pixel, packed as the format stores them.
+fn packed_png(ids: &[u8], bits: u8, color: png::ColorType) -> Vec<u8> {
+    let mut row = vec![0u8; (ids.len() * bits as usize).div_ceil(8)];
+    for (x, &v) in ids.iter().enumerate() {
+        let bit = x * bits as usize;
+        row[bit / 8] |= v << (8 - bits as usize - bit % 8);
+    }
+    let mut out = Vec::new();
+    let mut encoder = png::Encoder::new(&mut out, ids.len() as u32, 1);
+    encoder.set_color(color);
+    encoder.set_depth(match bits {
+        1 => png::BitDepth::One,
+        2 => png::BitDepth::Two,
+        _ => png::BitDepth::Four,
+    });
+    if color == png::ColorType::Indexed {
+        encoder.set_palette(vec![0u8; 3 << bits]);
+    }
+    encoder
+        .write_header()
+        .unwrap()
+        .write_image_data(&row)
+        .unwrap();
+    out
+}
+
+#[test]
+fn low_bit_depth_palette_and_grey_pngs_decode_like_pillow() {
+    // Pillow writes label maps with at most 16 palette entries as 4-bit palette PNGs.
+    let ids = [0u8, 3, 15, 7, 1, 9, 12];
+    let map = decode_id_png(
+        &packed_png(&ids, 4, png::ColorType::Indexed),
+        "label",
+        &Default::default(),
+    )
+    .unwrap();
+    assert_eq!(map.data, ids.map(i64::from));
+    let two = [0u8, 1, 2, 3, 3];
+    let map = decode_id_png(
+        &packed_png(&two, 2, png::ColorType::Indexed),
+        "label",
+        &Default::default(),
+    )
+    .unwrap();
+    assert_eq!(map.data, two.map(i64::from));
+    // Greyscale below 8 bits is scaled to 0-255, as Pillow reads it.
+    let map = decode_id_png(
+        &packed_png(&two, 2, png::ColorType::Grayscale),
+        "label",
+        &Default::default(),
+    )
+    .unwrap();
+    assert_eq!(map.data, vec![0, 85, 170, 255, 255]);
+    let map = decode_id_png(
+        &packed_png(&[1, 0, 1], 1, png::ColorType::Grayscale),
+        "label",
+        &Default::default(),
+    )
+    .unwrap();
+    assert_eq!(map.data, vec![255, 0, 255]);
+}

@@ -6,7 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{header, HeaderName};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use spade_model::io::preprocess::DecodeLimits;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -14,6 +17,7 @@ use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use crate::config::ServerConfig;
 use crate::engine::{Engine, ModelEngine};
+use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::models::{self, ModelInfo};
 use crate::queue::Queue;
@@ -103,8 +107,12 @@ pub async fn start_with_engine(
         next_job: AtomicU64::new(0),
         draining: AtomicBool::new(false),
     });
+    let limit = config.max_body_bytes;
     let app = routes::router(state.clone())
-        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn(move |req: Request, next: Next| {
+            refuse_declared_oversize(limit, req, next)
+        }))
         .layer(cors(&config.cors_origins));
     let listener = TcpListener::bind(config.listen)
         .await
@@ -174,8 +182,41 @@ pub fn stop_on_signals(server: &RunningServer) {
     });
 }
 
+/// Refuses a body whose declared `Content-Length` is over the limit before reading any of
+/// it, so a client is told at once (and never gets `100 Continue` for it).
+async fn refuse_declared_oversize(limit: usize, req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return ApiError::PayloadTooLarge.into_response();
+    }
+    next.run(req).await
+}
+
+/// Headers cross-origin pages may send: a wildcard would not cover `Authorization`.
+const CORS_REQUEST_HEADERS: [HeaderName; 4] = [
+    header::AUTHORIZATION,
+    header::CONTENT_TYPE,
+    header::ACCEPT,
+    HeaderName::from_static("x-api-key"),
+];
+/// Response headers cross-origin scripts may read.
+const CORS_EXPOSED_HEADERS: [HeaderName; 5] = [
+    HeaderName::from_static("x-seed"),
+    HeaderName::from_static("x-model"),
+    HeaderName::from_static("x-batch-size"),
+    HeaderName::from_static("server-timing"),
+    header::RETRY_AFTER,
+];
+
 fn cors(origins: &[String]) -> CorsLayer {
-    let layer = CorsLayer::new().allow_methods(Any).allow_headers(Any);
+    let layer = CorsLayer::new()
+        .allow_methods(Any)
+        .allow_headers(CORS_REQUEST_HEADERS)
+        .expose_headers(CORS_EXPOSED_HEADERS);
     if origins.iter().any(|o| o == "*") {
         layer.allow_origin(Any)
     } else {

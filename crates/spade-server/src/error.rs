@@ -17,6 +17,8 @@ pub enum ApiError {
     UnknownModel(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("method not allowed on this route; see /openapi.yaml")]
+    MethodNotAllowed,
     #[error("{0}")]
     Conflict(String),
     #[error("missing or invalid API key")]
@@ -40,6 +42,7 @@ impl ApiError {
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::UnknownModel(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -57,6 +60,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => "unsupported-media-type",
             ApiError::UnknownModel(_) => "unknown-model",
             ApiError::NotFound(_) => "not-found",
+            ApiError::MethodNotAllowed => "method-not-allowed",
             ApiError::Conflict(_) => "not-supported-by-model",
             ApiError::Unauthorized => "unauthorized",
             ApiError::PayloadTooLarge => "payload-too-large",

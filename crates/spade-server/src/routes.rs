@@ -4,6 +4,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{MatchedPath, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -40,17 +41,23 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .route("/", get(|| async { page::asset("index.html") }))
-        .route(
-            "/static/{file}",
-            get(|Path(file): Path<String>| async move { page::asset(&file) }),
-        )
+        .route("/static/{file}", get(static_asset))
         .route(
             "/openapi.yaml",
             get(|| async { ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI) }),
         )
         .fallback(|| async { ApiError::NotFound("no such route; see /openapi.yaml".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
+}
+
+/// The page's files; a path the router cannot decode (not UTF-8) is the client's error.
+async fn static_asset(file: Result<Path<String>, PathRejection>) -> Response {
+    match file {
+        Ok(Path(file)) => page::asset(&file),
+        Err(rejection) => ApiError::BadRequest(rejection.body_text()).into_response(),
+    }
 }
 
 async fn synthesize(
@@ -159,7 +166,8 @@ async fn observe(State(app): State<Arc<AppState>>, req: Request, next: Next) -> 
     response
 }
 
-/// `Authorization: Bearer KEY` or `X-API-Key: KEY`, compared in constant time.
+/// `Authorization: Bearer KEY` (the scheme in any case, as RFC 9110 has it) or
+/// `X-API-Key: KEY`, compared in constant time.
 async fn require_api_key(State(app): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     if app.api_keys.is_empty() {
         return next.run(req).await;
@@ -168,7 +176,12 @@ async fn require_api_key(State(app): State<Arc<AppState>>, req: Request, next: N
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| v.split_once(' '))
+        .and_then(|(scheme, key)| {
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| key.trim_start())
+        })
         .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
         .unwrap_or("");
     let mut ok = subtle::Choice::from(0);

@@ -399,7 +399,7 @@ async fn bad_inputs_get_clear_4xx_and_the_server_stays_healthy() {
             "",
             Body::Png(grey_alpha),
             StatusCode::UNPROCESSABLE_ENTITY,
-            "expected an 8-bit",
+            "expected a greyscale or palette PNG of ids",
         ),
         (
             "giant dimensions",
@@ -820,5 +820,108 @@ async fn without_flags_the_bundled_landscapes_model_is_served() {
         .unwrap()
         .to_rgb8();
     assert_ne!(out.as_raw(), other.as_raw());
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cross_origin_bearer_clients_and_router_errors_are_served_properly() {
+    let mut cfg = config(&[("coco", "gen_coco_eval")]);
+    cfg.api_keys = vec!["s3cret".into()];
+    cfg.cors_origins = vec!["https://paint.example".into()];
+    let (server, base) = start(cfg).await;
+    let client = Client::new();
+    let url = format!("{base}/v1/models");
+
+    // A browser's preflight for a Bearer request from another origin.
+    let r = client
+        .request(reqwest::Method::OPTIONS, &url)
+        .header("origin", "https://paint.example")
+        .header("access-control-request-method", "GET")
+        .header("access-control-request-headers", "authorization")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let allowed = r.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_lowercase();
+    assert!(allowed.contains("authorization"), "{allowed}");
+
+    // The scheme is case-insensitive; the response headers are readable cross-origin.
+    let r = client
+        .get(&url)
+        .header("origin", "https://paint.example")
+        .header("authorization", "bearer s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let exposed = r.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_lowercase();
+    for name in ["x-seed", "x-model", "x-batch-size", "server-timing"] {
+        assert!(exposed.contains(name), "{name} not in {exposed}");
+    }
+    let r = client
+        .get(&url)
+        .header("authorization", "Basic s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+
+    // Router-level errors are problem+json too.
+    let r = client
+        .delete(&url)
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["status"], 405);
+    let r = client
+        .get(format!("{base}/static/%FF"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_oversize_declared_body_is_refused_before_it_is_sent() {
+    use std::io::{Read, Write};
+    let (server, base) = start(config(&[("coco", "gen_coco_eval")])).await;
+    let addr = base.trim_start_matches("http://").to_string();
+    for expect in ["", "Expect: 100-continue\r\n"] {
+        let addr = addr.clone();
+        let reply = tokio::task::spawn_blocking(move || {
+            let mut socket = std::net::TcpStream::connect(&addr).unwrap();
+            socket
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let head = format!(
+                "POST /v1/synthesize HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n\
+                 Content-Length: 1000000000\r\n{expect}\r\n"
+            );
+            socket.write_all(head.as_bytes()).unwrap();
+            let mut reply = vec![0u8; 4096];
+            let n = socket
+                .read(&mut reply)
+                .expect("answered without waiting for the body");
+            String::from_utf8_lossy(&reply[..n]).to_string()
+        })
+        .await
+        .unwrap();
+        assert!(reply.starts_with("HTTP/1.1 413"), "{expect:?}: {reply}");
+        assert!(!reply.contains("100 Continue"), "{reply}");
+        assert!(reply.contains("application/problem+json"), "{reply}");
+    }
+    healthy(&base).await;
     server.shutdown().await;
 }

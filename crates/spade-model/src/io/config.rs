@@ -192,8 +192,36 @@ impl Config {
         Ok(config)
     }
 
-    /// Rejects values the official networks cannot be built with.
+    /// Rejects values the official networks cannot be built with, and sizes far beyond any
+    /// published model (an `opt.txt` is as untrusted as the weights beside it: a huge
+    /// `crop_size` or a tiny `aspect_ratio` would otherwise be an allocation of any size).
     pub fn validate(&self) -> Result<()> {
+        let at_most = |field: &str, value: usize, max: usize| {
+            if value > max {
+                Err(Error::config(
+                    field,
+                    format!("{value} is more than the largest supported, {max}"),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        at_most("label_nc", self.label_nc, MAX_LABEL_NC)?;
+        at_most("ngf", self.ngf, MAX_NGF)?;
+        at_most("z_dim", self.z_dim, MAX_Z_DIM)?;
+        at_most("crop_size", self.crop_size, MAX_SIDE)?;
+        at_most("load_size", self.load_size, MAX_SIDE)?;
+        if !(self.aspect_ratio.is_finite() && ASPECT_RATIO_RANGE.contains(&self.aspect_ratio)) {
+            return Err(Error::config(
+                "aspect_ratio",
+                format!(
+                    "must be a number from {} to {}, got {}",
+                    ASPECT_RATIO_RANGE.start(),
+                    ASPECT_RATIO_RANGE.end(),
+                    self.aspect_ratio
+                ),
+            ));
+        }
         if self.label_nc == 0 {
             return Err(Error::config("label_nc", "must be at least 1"));
         }
@@ -208,12 +236,6 @@ impl Config {
         }
         if self.z_dim == 0 {
             return Err(Error::config("z_dim", "must be at least 1"));
-        }
-        if !(self.aspect_ratio.is_finite() && self.aspect_ratio > 0.0) {
-            return Err(Error::config(
-                "aspect_ratio",
-                format!("must be a positive number, got {}", self.aspect_ratio),
-            ));
         }
         let (sw, sh) = self.latent_size();
         if sw == 0 || sh == 0 {
@@ -249,6 +271,16 @@ impl Config {
         Ok(())
     }
 }
+
+/// Largest `label_nc`: COCO-Stuff has 182, ADE20K 150.
+pub const MAX_LABEL_NC: usize = 4096;
+/// Largest `ngf`: the official models use 64; the weights grow with its square.
+pub const MAX_NGF: usize = 1024;
+pub const MAX_Z_DIM: usize = 4096;
+/// Largest `crop_size` and `load_size`: the official models are 256 to 1024 wide.
+pub const MAX_SIDE: usize = 4096;
+/// Width over height: Cityscapes is 2.
+pub const ASPECT_RATIO_RANGE: std::ops::RangeInclusive<f64> = 0.0625..=16.0;
 
 /// Python's `round`: halves go to the even neighbour.
 pub(crate) fn round_half_even(x: f64) -> usize {
@@ -561,5 +593,24 @@ mod tests {
     fn too_small_crop_is_rejected() {
         let err = Config::parse_opt_txt("crop_size: 16\n").unwrap_err();
         assert!(err.to_string().contains("crop_size"), "{err}");
+    }
+
+    #[test]
+    fn sizes_beyond_any_model_are_refused_before_allocating() {
+        for (opt, field) in [
+            ("crop_size: 100000000\n", "crop_size"),
+            ("label_nc: 1000000\n", "label_nc"),
+            ("ngf: 100000\n", "ngf"),
+            ("z_dim: 99999999\n", "z_dim"),
+            ("aspect_ratio: 0.0000001\n", "aspect_ratio"),
+            ("aspect_ratio: 1e300\n", "aspect_ratio"),
+            ("aspect_ratio: nan\n", "aspect_ratio"),
+        ] {
+            let err = Config::parse_opt_txt(opt).unwrap_err().to_string();
+            assert!(err.contains(field), "{opt:?}: {err}");
+        }
+        // The largest official shape still loads.
+        let city = Config::official("cityscapes").unwrap();
+        city.validate().unwrap();
     }
 }

@@ -69,8 +69,8 @@ impl DecodeLimits {
 /// A map of integer ids (one channel).
 pub type IdMap = Raster<i64>;
 
-/// Decodes a label or instance PNG to its raw ids: grey values (8 or 16 bit) or palette
-/// indices, never colours.
+/// Decodes a label or instance PNG to its raw ids: grey values (1 to 16 bit) or palette
+/// indices (1 to 8 bit), never colours.
 pub fn decode_id_png(bytes: &[u8], what: &str, limits: &DecodeLimits) -> Result<IdMap> {
     let fail = |reason: String| Error::input(what, reason);
     let png_limits = png::Limits {
@@ -85,13 +85,19 @@ pub fn decode_id_png(bytes: &[u8], what: &str, limits: &DecodeLimits) -> Result<
     let (width, height) = (info.width, info.height);
     limits.check(width, height, what)?;
     let (color, depth) = (info.color_type, info.bit_depth);
-    let sixteen = match (color, depth) {
-        (png::ColorType::Grayscale | png::ColorType::Indexed, png::BitDepth::Eight) => false,
-        (png::ColorType::Grayscale, png::BitDepth::Sixteen) => true,
+    let bits = depth as u8;
+    // Palette images give their indices; greyscale below 8 bits is scaled to 0-255, as
+    // Pillow (and so the reference loader) reads it: 4-bit 15 is 255.
+    let scale_grey = match (color, depth) {
+        (png::ColorType::Indexed, png::BitDepth::Sixteen) => {
+            return Err(fail("a palette PNG cannot have 16-bit indices".to_string()))
+        }
+        (png::ColorType::Indexed, _) => false,
+        (png::ColorType::Grayscale, _) => bits < 8,
         _ => {
             return Err(fail(format!(
-                "expected an 8-bit or 16-bit greyscale or 8-bit palette PNG of ids, got \
-                 {color:?} at {depth:?} bits"
+                "expected a greyscale or palette PNG of ids (1 to 16 bits), got {color:?} at \
+                 {depth:?} bits"
             )))
         }
     };
@@ -105,15 +111,21 @@ pub fn decode_id_png(bytes: &[u8], what: &str, limits: &DecodeLimits) -> Result<
     let buf = &buf[..frame.buffer_size()];
     let (w, h) = (width as usize, height as usize);
     let mut data = Vec::with_capacity(w * h);
+    let max = (1u16 << bits.min(8)) - 1;
     for row in buf.chunks_exact(frame.line_size).take(h) {
-        if sixteen {
-            data.extend(
+        match bits {
+            16 => data.extend(
                 row.chunks_exact(2)
                     .take(w)
                     .map(|b| i64::from(u16::from_be_bytes([b[0], b[1]]))),
-            );
-        } else {
-            data.extend(row[..w].iter().map(|&v| i64::from(v)));
+            ),
+            8 => data.extend(row[..w].iter().map(|&v| i64::from(v))),
+            // Packed rows: the leftmost pixel in the most significant bits.
+            _ => data.extend((0..w).map(|x| {
+                let bit = x * bits as usize;
+                let v = u16::from(row[bit / 8] >> (8 - bits as usize - bit % 8)) & max;
+                i64::from(if scale_grey { v * 255 / max } else { v })
+            })),
         }
     }
     Ok(Raster::new(w, h, 1, data))

@@ -34,6 +34,33 @@ impl StateDict {
         VarBuilder::from_tensors(self.tensors.clone(), dtype, device)
     }
 
+    /// Refuses NaN or infinite weights, naming the tensor: they load without complaint and
+    /// then give black images.
+    pub fn check_finite(&self) -> Result<()> {
+        let mut names: Vec<&String> = self.tensors.keys().collect();
+        names.sort();
+        for name in names {
+            let tensor = &self.tensors[name];
+            if !tensor.dtype().is_float() {
+                continue;
+            }
+            // x - x is 0 for finite x and NaN otherwise; the sum is finite only if all are.
+            let sum = tensor
+                .sub(tensor)
+                .and_then(|d| d.to_dtype(DType::F32))
+                .and_then(|d| d.sum_all())
+                .and_then(|d| d.to_scalar::<f32>())
+                .map_err(|e| Error::checkpoint(&self.source, format!("tensor `{name}`: {e}")))?;
+            if !sum.is_finite() {
+                return Err(Error::checkpoint(
+                    &self.source,
+                    format!("tensor `{name}` holds NaN or infinite values"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Wraps a construction error with the file name.
     pub fn context(&self, error: Error) -> Error {
         match error {
