@@ -25,5 +25,15 @@ fn main() -> anyhow::Result<()> {
         "floor:   {}",
         score(&segmenter, &pairs, &synthesize(&floor, &pairs, 0)?)?
     );
+    if model.config.use_vae {
+        let (a, b) = (
+            synthesize(&model, &pairs, 10)?,
+            synthesize(&model, &pairs, 11)?,
+        );
+        println!(
+            "styles:  {:.1} levels mean absolute difference between two seeds",
+            style_difference(&a, &b)
+        );
+    }
     Ok(())
 }

@@ -107,6 +107,20 @@ pub fn synthesize(model: &SpadeModel, pairs: &[Landscape], seed: u64) -> Result<
         .collect()
 }
 
+/// Mean absolute difference, in 8-bit levels, between two sets of images of the same maps.
+pub fn style_difference(a: &[Vec<u8>], b: &[Vec<u8>]) -> f64 {
+    let (mut sum, mut n) = (0f64, 0usize);
+    for (x, y) in a.iter().zip(b) {
+        sum += x
+            .iter()
+            .zip(y)
+            .map(|(&p, &q)| (f64::from(p) - f64::from(q)).abs())
+            .sum::<f64>();
+        n += x.len();
+    }
+    sum / n.max(1) as f64
+}
+
 /// The same architecture as `checkpoint` with N(0, 0.02) weights (unit running variances):
 /// the floor a trained model must rise above.
 pub fn random_weights(checkpoint: &Checkpoint, seed: u64, device: &Device) -> Result<SpadeModel> {

@@ -4,8 +4,10 @@
 //! and different style seeds must give visibly different images of one map.
 
 use candle_core::Device;
-use spade_landscapes::quality::{fit_segmenter, held_out, random_weights, score, synthesize};
-use spade_landscapes::{bundled, generate, NUM_CLASSES};
+use spade_landscapes::quality::{
+    fit_segmenter, held_out, random_weights, score, style_difference, synthesize,
+};
+use spade_landscapes::{bundled, NUM_CLASSES};
 use spade_model::SpadeModel;
 
 /// Held-out maps scored; enough that every class is in them.
@@ -56,19 +58,11 @@ fn style_seeds_give_visibly_different_images_of_one_map() {
     assert!(checkpoint.config.use_vae && checkpoint.encoder.is_some());
     let model =
         SpadeModel::from_checkpoint(&checkpoint, &Device::Cpu, candle_core::DType::F32).unwrap();
-    let pair = [generate(
-        spade_landscapes::quality::HELD_OUT_SEED,
-        0,
-        model.config.crop_size,
-    )];
-    let a = synthesize(&model, &pair, 10).unwrap().remove(0);
-    let b = synthesize(&model, &pair, 11).unwrap().remove(0);
-    let mean_abs: f64 = a
-        .iter()
-        .zip(&b)
-        .map(|(&x, &y)| (x as f64 - y as f64).abs())
-        .sum::<f64>()
-        / a.len() as f64;
+    let pairs = held_out(4, model.config.crop_size);
+    let mean_abs = style_difference(
+        &synthesize(&model, &pairs, 10).unwrap(),
+        &synthesize(&model, &pairs, 11).unwrap(),
+    );
     println!("mean absolute difference between two styles: {mean_abs:.1} levels");
     assert!(
         mean_abs > 8.0,

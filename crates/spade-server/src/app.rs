@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{header, HeaderName};
 use axum::middleware::{self, Next};
@@ -23,7 +23,7 @@ use crate::models::{self, ModelInfo};
 use crate::queue::Queue;
 use crate::routes;
 use crate::state::AppState;
-use crate::worker::WorkerPool;
+use crate::worker::{WarmUp, WorkerPool};
 
 /// A server running in the background, stopped by [`RunningServer::shutdown`].
 pub struct RunningServer {
@@ -38,6 +38,22 @@ impl RunningServer {
     pub async fn shutdown(self) {
         self.stop.notify_one();
         let _ = self.task.await;
+    }
+
+    /// Waits until every worker ran its warm-up batch (or draining began); an error if
+    /// none could, so that the process exits instead of serving nothing but errors.
+    pub async fn warmed_up(&self) -> Result<()> {
+        loop {
+            match self.state.pool.warm_up() {
+                WarmUp::Failed => {
+                    bail!("every worker failed its warm-up batch: no model can run (see the log)")
+                }
+                WarmUp::Running if !self.state.draining.load(Ordering::Acquire) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                _ => return Ok(()),
+            }
+        }
     }
 
     /// Waits for the server to exit after a signal.

@@ -11,6 +11,11 @@ async fn main() {
     match app::start(config).await {
         Ok(server) => {
             app::stop_on_signals(&server);
+            if let Err(err) = server.warmed_up().await {
+                eprintln!("error: {err:#}");
+                server.shutdown().await;
+                std::process::exit(1);
+            }
             server.wait().await;
         }
         Err(err) => {

@@ -20,6 +20,7 @@ use crate::error::ApiError;
 use crate::job::{BatchMeta, Done, Job, Outcome, Task};
 use crate::models::{self, ModelInfo};
 use crate::state::AppState;
+use crate::worker::WarmUp;
 use crate::{page, request, validate};
 use spade_model::io::preprocess::DecodeLimits;
 
@@ -129,12 +130,15 @@ async fn ready(State(app): State<Arc<AppState>>) -> Response {
             Json(json!({"status": "draining"})),
         )
             .into_response()
-    } else if app.pool.ready() {
-        Json(json!({"status": "ready"})).into_response()
     } else {
+        let status = match app.pool.warm_up() {
+            WarmUp::Ready => return Json(json!({"status": "ready"})).into_response(),
+            WarmUp::Running => "warming up",
+            WarmUp::PartlyFailed | WarmUp::Failed => "warm-up failed",
+        };
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "warming up"})),
+            Json(json!({ "status": status })),
         )
             .into_response()
     }

@@ -13,6 +13,16 @@ use crate::job::{BatchMeta, Done, Job, Task};
 use crate::metrics::Metrics;
 use crate::queue::Queue;
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WarmUp {
+    Running,
+    Ready,
+    /// Some workers failed theirs: never ready, so traffic goes to healthy replicas.
+    PartlyFailed,
+    /// Every worker failed: nothing here can serve.
+    Failed,
+}
+
 pub struct WorkerPool {
     shared: Arc<Shared>,
 }
@@ -21,8 +31,10 @@ struct Shared {
     queue: Arc<Queue>,
     engine: Arc<dyn Engine>,
     metrics: Metrics,
-    /// Workers that finished their warm-up.
+    /// Workers whose warm-up batch ran.
     warm: AtomicUsize,
+    /// Workers whose warm-up batch failed: their model cannot run on their device.
+    failed: AtomicUsize,
     total: usize,
     handles: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -41,6 +53,7 @@ impl WorkerPool {
             engine,
             metrics,
             warm: AtomicUsize::new(0),
+            failed: AtomicUsize::new(0),
             total: devices * per_device,
             handles: Mutex::new(Vec::new()),
         });
@@ -52,9 +65,21 @@ impl WorkerPool {
         Self { shared }
     }
 
-    /// Every worker has run its warm-up batch.
-    pub fn ready(&self) -> bool {
-        self.shared.warm.load(Ordering::Acquire) >= self.shared.total
+    /// Where the warm-up stands: ready only when every worker ran its batch.
+    pub fn warm_up(&self) -> WarmUp {
+        let (warm, failed) = (
+            self.shared.warm.load(Ordering::Acquire),
+            self.shared.failed.load(Ordering::Acquire),
+        );
+        if failed == self.shared.total {
+            WarmUp::Failed
+        } else if failed > 0 {
+            WarmUp::PartlyFailed
+        } else if warm >= self.shared.total {
+            WarmUp::Ready
+        } else {
+            WarmUp::Running
+        }
     }
 
     /// Closes the queue and waits for the workers to finish what was queued.
@@ -92,12 +117,21 @@ fn spawn(shared: &Arc<Shared>, device: usize, warm_up: bool) {
 
 fn run(shared: Arc<Shared>, device: usize, warm_up: bool) {
     if warm_up {
-        match catch_unwind(AssertUnwindSafe(|| shared.engine.warm_up(device))) {
-            Ok(Ok(())) => tracing::info!(device, "worker warmed up"),
-            Ok(Err(err)) => tracing::error!(device, %err, "warm-up failed"),
-            Err(_) => tracing::error!(device, "warm-up panicked"),
-        }
-        shared.warm.fetch_add(1, Ordering::AcqRel);
+        let outcome = match catch_unwind(AssertUnwindSafe(|| shared.engine.warm_up(device))) {
+            Ok(Ok(())) => {
+                tracing::info!(device, "worker warmed up");
+                &shared.warm
+            }
+            Ok(Err(err)) => {
+                tracing::error!(device, %err, "warm-up failed");
+                &shared.failed
+            }
+            Err(_) => {
+                tracing::error!(device, "warm-up panicked");
+                &shared.failed
+            }
+        };
+        outcome.fetch_add(1, Ordering::AcqRel);
     }
     while let Some(batch) = shared.queue.next_batch() {
         if !run_batch(&shared, device, batch) {

@@ -925,3 +925,36 @@ async fn an_oversize_declared_body_is_refused_before_it_is_sent() {
     healthy(&base).await;
     server.shutdown().await;
 }
+
+/// An engine whose warm-up fails, as a model that cannot run on its device does.
+struct BrokenWarmUp(ModelEngine);
+
+impl Engine for BrokenWarmUp {
+    fn run(&self, device: usize, model: usize, tasks: Vec<Task>) -> Vec<Result<Outcome, ApiError>> {
+        self.0.run(device, model, tasks)
+    }
+    fn warm_up(&self, _device: usize) -> Result<(), ApiError> {
+        Err(ApiError::Internal("injected warm-up failure".into()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_warm_up_is_never_ready_and_start_up_reports_it() {
+    let cfg = config(&[("coco", "gen_coco_eval")]);
+    let specs = cfg.model_specs().unwrap();
+    let (infos, weights) =
+        spade_server::models::load(&specs, &[Device::Cpu], candle_core::DType::F32).unwrap();
+    let engine = Arc::new(BrokenWarmUp(ModelEngine::new(weights)));
+    let server = spade_server::start_with_engine(cfg, infos, engine, 1)
+        .await
+        .unwrap();
+    let err = server.warmed_up().await.unwrap_err().to_string();
+    assert!(err.contains("warm-up"), "{err}");
+    let base = format!("http://{}", server.addr);
+    let r = reqwest::get(format!("{base}/readyz")).await.unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["status"], "warm-up failed");
+    healthy(&base).await;
+    server.shutdown().await;
+}
