@@ -18,15 +18,20 @@ const base = `http://127.0.0.1:${port}`;
 let server;
 let browser;
 
-before(async () => {
-  mkdirSync(artifacts, { recursive: true });
-  server = spawn(serverBin, ["--model", `coco=${fixtures}/gen_coco_eval`, "--model", `vae=${fixtures}/vae_eval`, "--listen", `127.0.0.1:${port}`], { stdio: "inherit" });
+async function waitReady(url) {
   for (let i = 0; i < 600; i++) {
     try {
-      if ((await fetch(`${base}/readyz`)).ok) break;
+      if ((await fetch(`${url}/readyz`)).ok) return;
     } catch {}
     await new Promise((r) => setTimeout(r, 100));
   }
+  throw new Error(`${url} never became ready`);
+}
+
+before(async () => {
+  mkdirSync(artifacts, { recursive: true });
+  server = spawn(serverBin, ["--model", `coco=${fixtures}/gen_coco_eval`, "--model", `vae=${fixtures}/vae_eval`, "--listen", `127.0.0.1:${port}`], { stdio: "inherit" });
+  await waitReady(base);
   browser = await chromium.launch({
     executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
     args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
@@ -203,12 +208,7 @@ test("without flags the page opens on the bundled landscapes, classes named and 
   const bundled = spawn(serverBin, ["--listen", `127.0.0.1:${bundledPort}`], { stdio: "inherit" });
   try {
     const url = `http://127.0.0.1:${bundledPort}`;
-    for (let i = 0; i < 600; i++) {
-      try {
-        if ((await fetch(`${url}/readyz`)).ok) break;
-      } catch {}
-      await new Promise((r) => setTimeout(r, 100));
-    }
+    await waitReady(url);
     const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
     await page.goto(url);
     await page.waitForSelector(".class");

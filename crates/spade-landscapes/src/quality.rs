@@ -23,6 +23,8 @@ pub const SEGMENTER_SEED: u64 = 3;
 pub struct Score {
     pub pixel_accuracy: f64,
     pub mean_iou: f64,
+    /// Per class, `None` where the class is in neither the maps nor the predictions.
+    pub iou: [Option<f64>; crate::NUM_CLASSES],
 }
 
 impl std::fmt::Display for Score {
@@ -66,9 +68,12 @@ pub fn score(segmenter: &Segmenter, pairs: &[Landscape], images: &[Vec<u8>]) -> 
     for (pair, image) in pairs.iter().zip(images) {
         confusion.add(&segmenter.predict(image, pair.size)?, &pair.labels);
     }
+    let mut iou = [None; crate::NUM_CLASSES];
+    iou.copy_from_slice(&confusion.iou());
     Ok(Score {
         pixel_accuracy: confusion.pixel_accuracy(),
         mean_iou: confusion.mean_iou(),
+        iou,
     })
 }
 
