@@ -337,6 +337,52 @@ impl Scene {
         1.0 - (-depth / self.style.haze_distance).exp()
     }
 
+    /// The top row of the rolling hills in each column. The hills stand on land: where the
+    /// ground just below the horizon is sea they are absent, rising over `0.08 * size`
+    /// columns from the nearest sea column.
+    fn hill_tops(&self) -> Vec<f32> {
+        let n = self.size;
+        let s = n as f32;
+        let sea_at_horizon: Vec<bool> = (0..n)
+            .map(|x| {
+                let (u, z) = self.ground_point(x as f32 + 0.5, self.horizon + 1.5);
+                self.ground_class(u, z) == SEA
+            })
+            .collect();
+        // Distance to the nearest sea column: one pass from each side.
+        let mut sea_distance = vec![f32::INFINITY; n];
+        let mut last = None;
+        for x in 0..n {
+            if sea_at_horizon[x] {
+                last = Some(x);
+            }
+            if let Some(l) = last {
+                sea_distance[x] = (x - l) as f32;
+            }
+        }
+        last = None;
+        for x in (0..n).rev() {
+            if sea_at_horizon[x] {
+                last = Some(x);
+            }
+            if let Some(l) = last {
+                sea_distance[x] = sea_distance[x].min((l - x) as f32);
+            }
+        }
+        let ramp = (0.08 * s).max(1.0);
+        let hill_noise = self.noise(21);
+        (0..n)
+            .map(|x| {
+                let xc = x as f32 + 0.5;
+                let scale = (sea_distance[x] / ramp).min(1.0);
+                self.horizon
+                    - self.hills
+                        * scale
+                        * (0.3 + 0.7 * (0.5 + 0.5 * hill_noise.fbm1(xc / s * 2.5, 4)))
+            })
+            .collect()
+    }
+
     /// Labels (row-major, `size * size`) and the facts behind each pixel.
     pub fn layout(&self) -> (Vec<u8>, Vec<Aux>) {
         let n = self.size;
@@ -344,40 +390,12 @@ impl Scene {
         let mut labels = vec![SKY; n * n];
         let mut aux = vec![Aux::default(); n * n];
         let clouds = self.noise(20);
-        let hill_noise = self.noise(21);
         let snow_noise = self.noise(22);
         let rock_noise = self.noise(23);
-        // The hills stand on land: where the ground just below the horizon is sea, fade them out.
-        let land_at_horizon: Vec<bool> = (0..n)
-            .map(|x| {
-                let (u, z) = self.ground_point(x as f32 + 0.5, self.horizon + 1.5);
-                self.ground_class(u, z) != SEA
-            })
-            .collect();
-        let ramp = (0.08 * s).max(1.0);
-        let hill_scale: Vec<f32> = (0..n)
-            .map(|x| {
-                let sea_dist = (0..n)
-                    .filter(|&o| !land_at_horizon[o])
-                    .map(|o| (o as f32 - x as f32).abs())
-                    .fold(f32::INFINITY, f32::min);
-                (sea_dist / ramp).min(1.0)
-            })
-            .collect();
         let ridges: Vec<Vec<f32>> = (0..self.ranges.len())
             .map(|r| (0..n).map(|x| self.ridge(r, x as f32 + 0.5)).collect())
             .collect();
-        let hill_tops: Option<Vec<f32>> = (self.hills > 0.0).then(|| {
-            (0..n)
-                .map(|x| {
-                    let xc = x as f32 + 0.5;
-                    self.horizon
-                        - self.hills
-                            * hill_scale[x]
-                            * (0.3 + 0.7 * (0.5 + 0.5 * hill_noise.fbm1(xc / s * 2.5, 4)))
-                })
-                .collect()
-        });
+        let hill_tops = (self.hills > 0.0).then(|| self.hill_tops());
         for y in 0..n {
             let yc = y as f32 + 0.5;
             for x in 0..n {

@@ -163,3 +163,38 @@ fn nan_or_infinite_weights_are_refused_with_the_tensor_name() {
         );
     }
 }
+
+#[test]
+fn class_lists_must_name_every_label_id() {
+    let (_tmp, dir) = folder_with(
+        &read(&case("gen_coco_eval"), "latest_net_G.pth"),
+        &coco_opt(),
+    );
+    std::fs::write(dir.join("classes.txt"), "0 sky #5fdbff\n1 sea #363ea7\n").unwrap();
+    let err = Checkpoint::open(&dir).unwrap_err().to_string();
+    assert!(
+        err.contains("classes.txt") && err.contains("names 2 classes"),
+        "{err}"
+    );
+    std::fs::write(dir.join("classes.txt"), "0 sky 5fdbff\n").unwrap();
+    let err = Checkpoint::open(&dir).unwrap_err().to_string();
+    assert!(
+        err.contains("classes.txt") && err.contains("#rrggbb"),
+        "{err}"
+    );
+    std::fs::write(dir.join("classes.txt"), "0 sky #5fdbff\n".repeat(100_000)).unwrap();
+    let err = Checkpoint::open(&dir).unwrap_err().to_string();
+    assert!(err.contains("larger than"), "{err}");
+
+    // A converted file carries the list in its header and is checked the same way.
+    std::fs::remove_file(dir.join("classes.txt")).unwrap();
+    let mut ckpt = Checkpoint::open(&dir).unwrap();
+    ckpt.classes = Some(spade_model::io::classes::ClassList::parse("0 sky #5fdbff\n").unwrap());
+    let file = dir.join("converted.safetensors");
+    ckpt.save(&file).unwrap();
+    let err = Checkpoint::open(&file).unwrap_err().to_string();
+    assert!(
+        err.contains("converted.safetensors") && err.contains("names 1 classes"),
+        "{err}"
+    );
+}
