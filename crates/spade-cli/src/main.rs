@@ -4,7 +4,9 @@ mod bench;
 mod bench_train;
 mod convert;
 mod encode;
+mod fid;
 mod make_dataset;
+mod seg_metrics;
 mod synthesize;
 
 use anyhow::Result;
@@ -33,6 +35,11 @@ enum Command {
     BenchTrain(bench_train::Args),
     /// Write a training dataset (procedural landscapes) in the custom dataset layout.
     MakeDataset(make_dataset::Args),
+    /// Fréchet Inception Distance between two image folders (or saved statistics), as
+    /// pytorch-fid 0.3.0 computes it.
+    Fid(fid::Args),
+    /// mIoU and accuracies of predicted label maps against the ground truth.
+    SegMetrics(seg_metrics::Args),
 }
 
 fn main() {
@@ -44,6 +51,8 @@ fn main() {
         Command::Bench(args) => bench::run(args),
         Command::BenchTrain(args) => bench_train::run(args),
         Command::MakeDataset(args) => make_dataset::run(args),
+        Command::Fid(args) => fid::run(args),
+        Command::SegMetrics(args) => seg_metrics::run(args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

@@ -251,3 +251,150 @@ fn make_dataset_then_synthesize_with_the_bundled_model() {
     ]);
     assert!(err.contains("--count 0"), "{err}");
 }
+
+#[test]
+fn fid_prints_pytorch_fids_value_and_saves_its_files() {
+    let fid = fixtures().join("fid");
+    let weights = fid.join("pt_inception-random.pth");
+    let expected: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fid.join("expected.json")).unwrap()).unwrap();
+    let want = expected["cases"][2]["fid_pytorch_fid"].as_f64().unwrap();
+    let out = spade(&[
+        "fid",
+        s(&fid.join("C")),
+        s(&fid.join("D")),
+        "--dims",
+        "64",
+        "--inception",
+        s(&weights),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap();
+    let value: f64 = last.strip_prefix("FID: ").unwrap().parse().unwrap();
+    assert!(
+        (value - want).abs() <= 2e-6 * want,
+        "{last}, pytorch-fid {want}"
+    );
+    let json: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(json["fid"].as_f64(), Some(value));
+
+    let dir = tempfile::tempdir().unwrap();
+    let npz = dir.path().join("c.npz");
+    let npy = dir.path().join("c.npy");
+    let dims = ["--dims", "64", "--inception", s(&weights)];
+    ok(&[
+        &["fid", "--save-stats", s(&fid.join("C")), s(&npz)],
+        &dims[..],
+    ]
+    .concat());
+    ok(&[
+        &["fid", "--activations", s(&fid.join("C")), s(&npy)],
+        &dims[..],
+    ]
+    .concat());
+    let act = Tensor::read_npy(&npy).unwrap();
+    assert_eq!(act.dims(), [96, 64]);
+    let out = spade(&[&["fid", s(&npz), s(&fid.join("D"))], &dims[..]].concat());
+    let again = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(again.lines().last(), Some(last), "the .npz route");
+
+    let err = fails(&["fid", s(&fid.join("C")), s(&fid.join("D")), "--dims", "100"]);
+    assert!(err.contains("--dims 100"), "{err}");
+    let err = fails(&[
+        "fid",
+        s(&fid.join("C")),
+        s(&fid.join("D")),
+        "--inception",
+        "/nonexistent.pth",
+    ]);
+    assert!(err.contains("/nonexistent.pth"), "{err}");
+}
+
+#[test]
+fn fid_without_weights_says_where_it_looked() {
+    let fid = fixtures().join("fid");
+    let home = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_spade"))
+        .args(["fid", s(&fid.join("C")), s(&fid.join("D"))])
+        .env_remove("SPADE_FID_WEIGHTS")
+        .env("TORCH_HOME", home.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("SPADE_FID_WEIGHTS")
+            && stderr.contains(&home.path().join("hub/checkpoints").display().to_string()),
+        "{stderr}"
+    );
+    // Found through the environment variable instead.
+    let out = Command::new(env!("CARGO_BIN_EXE_spade"))
+        .args(["fid", s(&fid.join("C")), s(&fid.join("D")), "--dims", "64"])
+        .env("SPADE_FID_WEIGHTS", fid.join("pt_inception-random.pth"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn seg_metrics_prints_a_table_and_writes_json() {
+    let fixture = fixtures().join("seg_metrics");
+    let dir = tempfile::tempdir().unwrap();
+    for side in ["gt", "pred"] {
+        std::fs::create_dir(dir.path().join(side)).unwrap();
+        for k in 0..6 {
+            std::fs::copy(
+                fixture.join(format!("{side}_{k}.png")),
+                dir.path().join(side).join(format!("{k}.png")),
+            )
+            .unwrap();
+        }
+    }
+    let json = dir.path().join("m.json");
+    let out = spade(&[
+        "seg-metrics",
+        "--gt",
+        s(&dir.path().join("gt")),
+        "--pred",
+        s(&dir.path().join("pred")),
+        "--num-classes",
+        "12",
+        "--json",
+        s(&json),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("mIoU 41.91 %"));
+    let ours: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let want: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture.join("expected.json")).unwrap()).unwrap();
+    for key in ["miou", "pixel_accuracy", "mean_class_accuracy"] {
+        let (a, b) = (ours[key].as_f64().unwrap(), want[key].as_f64().unwrap());
+        assert!((a - b).abs() < 1e-12, "{key}: {a} vs {b}");
+    }
+    assert_eq!(ours["confusion_matrix"], want["confusion_matrix"]);
+    assert_eq!(ours["iou"].as_array().unwrap()[10], serde_json::Value::Null);
+    let err = fails(&[
+        "seg-metrics",
+        "--gt",
+        s(&dir.path().join("gt")),
+        "--pred",
+        s(&fixture),
+        "--num-classes",
+        "12",
+    ]);
+    assert!(err.contains("no prediction"), "{err}");
+}

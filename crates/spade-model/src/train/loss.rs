@@ -98,7 +98,7 @@ impl GanMode {
 }
 
 /// Mean absolute difference, `nn.L1Loss()`.
-fn l1(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+pub fn l1(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     Ok((a - b)?.abs()?.mean_all()?)
 }
 

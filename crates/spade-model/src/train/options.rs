@@ -114,6 +114,10 @@ pub struct TrainOptions {
     pub lambda_vgg: f64,
     #[arg(long, default_value_t = 0.05)]
     pub lambda_kld: f64,
+    /// Weight of an L1 loss between the fake and the real image (not in the official code;
+    /// 0 leaves it out). Without the VGG loss it gives the style encoder a direct signal.
+    #[arg(long, default_value_t = 0.0)]
+    pub lambda_l1: f64,
     #[arg(long = "no_ganFeat_loss")]
     pub no_gan_feat_loss: bool,
     #[arg(long)]
@@ -134,6 +138,10 @@ pub struct TrainOptions {
     pub save_latest_freq: usize,
     #[arg(long, default_value_t = 10)]
     pub save_epoch_freq: usize,
+    /// Stop once `total_steps` (samples seen, counted across resumes) reaches N, saving
+    /// `latest` as a SIGTERM does (not in the official code; 0 runs every epoch).
+    #[arg(long, default_value_t = 0)]
+    pub max_total_steps: usize,
     /// Seed of initialisation, data order, augmentation and the VAE noise.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -198,6 +206,7 @@ pub struct TrainConfig {
     pub lambda_feat: f64,
     pub lambda_vgg: f64,
     pub lambda_kld: f64,
+    pub lambda_l1: f64,
     pub gan_feat_loss: bool,
     pub vgg_loss: bool,
     pub lr: f64,
@@ -325,6 +334,7 @@ impl TrainOptions {
             lambda_feat: self.lambda_feat,
             lambda_vgg: self.lambda_vgg,
             lambda_kld: self.lambda_kld,
+            lambda_l1: self.lambda_l1,
             gan_feat_loss: !self.no_gan_feat_loss,
             vgg_loss: !self.no_vgg_loss,
             lr: self.lr,

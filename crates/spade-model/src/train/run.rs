@@ -186,18 +186,29 @@ pub fn train(
                 ));
                 save(&trainer, &experiment, &["latest"], position)?;
             }
-            if world == 1 && stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
-                reporter.say(&format!(
-                    "stopping on request: saving the latest model (epoch {epoch}, total_steps {})",
-                    position.total_steps
-                ));
-                save(&trainer, &experiment, &["latest"], position)?;
+            // Every rank counts the same global steps, so all of them stop on the budget together.
+            let budget_spent =
+                options.max_total_steps > 0 && position.total_steps >= options.max_total_steps;
+            let signalled = world == 1 && stop.is_some_and(|s| s.load(Ordering::Relaxed));
+            if budget_spent || signalled {
+                if is_main {
+                    let reason = if budget_spent {
+                        "max_total_steps reached"
+                    } else {
+                        "stopping on request"
+                    };
+                    reporter.say(&format!(
+                        "{reason}: saving the latest model (epoch {epoch}, total_steps {})",
+                        position.total_steps
+                    ));
+                    save(&trainer, &experiment, &["latest"], position)?;
+                }
                 reporter.finish();
                 return Ok(Summary {
                     iterations: position.iterations - run_iterations_before,
                     seconds: started.elapsed().as_secs_f64(),
                     last_losses,
-                    interrupted: true,
+                    interrupted: !budget_spent,
                 });
             }
         }
@@ -521,6 +532,7 @@ fn write_opt_txt(options: &TrainOptions, config: &TrainConfig, experiment: &Path
         ("lambda_feat", config.lambda_feat.to_string()),
         ("lambda_vgg", config.lambda_vgg.to_string()),
         ("lambda_kld", config.lambda_kld.to_string()),
+        ("lambda_l1", config.lambda_l1.to_string()),
         ("no_ganFeat_loss", bool_text(!config.gan_feat_loss)),
         ("no_vgg_loss", bool_text(!config.vgg_loss)),
         ("print_freq", options.print_freq.to_string()),

@@ -280,6 +280,9 @@ impl Trainer {
                 loss::perceptual(vgg, &fake, &batch.image, cfg.lambda_vgg)?,
             ));
         }
+        if cfg.lambda_l1 > 0.0 {
+            terms.push(("L1", (loss::l1(&fake, &batch.image)? * cfg.lambda_l1)?));
+        }
         if let Some((mu, logvar)) = &style {
             // Summed over the batch, not averaged: each rank's share counts world-size times
             // in the mean over ranks that the gradient averaging takes.

@@ -1,0 +1,106 @@
+//! Where the FID Inception weights come from: pytorch-fid's own file
+//! (`pt_inception-2015-12-05-6726825d.pth`), read with the checkpoint loader (no Python), and
+//! looked for where a user of pytorch-fid already has it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::Tensor;
+use spade_model::io::checkpoint::{pth, safetensors};
+
+/// The file name pytorch-fid downloads into the torch hub cache.
+pub const FILE_NAME: &str = "pt_inception-2015-12-05-6726825d.pth";
+/// Environment variable naming the weights file.
+pub const ENV_VAR: &str = "SPADE_FID_WEIGHTS";
+
+/// The weights file: `explicit` (`--inception`), else `$SPADE_FID_WEIGHTS`, else the torch hub
+/// cache (`$TORCH_HOME/hub/checkpoints/`, `TORCH_HOME` defaulting to `~/.cache/torch`).
+pub fn locate(explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(path) = explicit {
+        if !path.is_file() {
+            bail!("--inception {}: no such file", path.display());
+        }
+        return Ok(path.to_path_buf());
+    }
+    if let Some(path) = std::env::var_os(ENV_VAR).filter(|v| !v.is_empty()) {
+        let path = PathBuf::from(path);
+        if !path.is_file() {
+            bail!("{ENV_VAR}={}: no such file", path.display());
+        }
+        return Ok(path);
+    }
+    let hub = hub_cache();
+    match &hub {
+        Some(path) if path.is_file() => Ok(path.clone()),
+        _ => bail!(
+            "no FID Inception weights: looked in --inception (not given), {ENV_VAR} (not set) \
+             and the torch hub cache ({}); pytorch-fid downloads {FILE_NAME} there on its first \
+             run, or pass the file with --inception",
+            hub.map_or_else(
+                || "unknown: neither TORCH_HOME nor HOME is set".to_string(),
+                |p| p.display().to_string()
+            )
+        ),
+    }
+}
+
+fn hub_cache() -> Option<PathBuf> {
+    let torch_home = std::env::var_os("TORCH_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache").join("torch"))
+        })?;
+    Some(torch_home.join("hub").join("checkpoints").join(FILE_NAME))
+}
+
+/// The state dict of a weights file (`.pth`, or `.safetensors` with the same keys).
+pub struct Weights {
+    path: PathBuf,
+    tensors: HashMap<String, Tensor>,
+}
+
+impl Weights {
+    pub fn read(path: &Path) -> Result<Self> {
+        let is_safetensors = path.extension().is_some_and(|e| e == "safetensors");
+        let tensors = if is_safetensors {
+            safetensors::read_plain(path)?
+        } else {
+            pth::read(path)?
+        };
+        Ok(Self {
+            path: path.to_path_buf(),
+            tensors,
+        })
+    }
+
+    /// The tensor `name` as float32 values, checked against `shape`.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let tensor = self.tensors.get(name).with_context(|| {
+            format!(
+                "FID Inception weights {}: no tensor `{name}` (is this pytorch-fid's {FILE_NAME}?)",
+                self.path.display()
+            )
+        })?;
+        if tensor.dims() != shape {
+            bail!(
+                "FID Inception weights {}: tensor `{name}` has shape {:?}, expected {shape:?}",
+                self.path.display(),
+                tensor.dims()
+            );
+        }
+        let values: Vec<f32> = tensor
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1()?;
+        if let Some(bad) = values.iter().position(|v| !v.is_finite()) {
+            bail!(
+                "FID Inception weights {}: tensor `{name}` holds {} at index {bad}",
+                self.path.display(),
+                values[bad]
+            );
+        }
+        Ok(values)
+    }
+}
