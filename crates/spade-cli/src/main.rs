@@ -8,6 +8,7 @@ mod fid;
 mod make_dataset;
 mod seg_metrics;
 mod synthesize;
+mod test;
 
 use anyhow::Result;
 use candle_core::Device;
@@ -40,6 +41,8 @@ enum Command {
     Fid(fid::Args),
     /// mIoU and accuracies of predicted label maps against the ground truth.
     SegMetrics(seg_metrics::Args),
+    /// The official test.py: synthesize a dataset's validation split into a results folder.
+    Test(test::Args),
 }
 
 fn main() {
@@ -53,6 +56,7 @@ fn main() {
         Command::MakeDataset(args) => make_dataset::run(args),
         Command::Fid(args) => fid::run(args),
         Command::SegMetrics(args) => seg_metrics::run(args),
+        Command::Test(args) => test::run(args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

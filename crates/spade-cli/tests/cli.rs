@@ -398,3 +398,120 @@ fn seg_metrics_prints_a_table_and_writes_json() {
     ]);
     assert!(err.contains("no prediction"), "{err}");
 }
+
+/// `spade test` on a COCO-layout validation split made of the fixture's inputs: the
+/// synthesized images are the reference generator's outputs (within 1 level after
+/// `tensor2im`), next to the colour-coded labels and the real photos.
+#[test]
+fn test_writes_the_official_results_folder() {
+    let case = fixtures().join("gen_coco_eval");
+    let tmp = tempfile::tempdir().unwrap();
+    let experiment = tmp.path().join("checkpoints/cocoeval");
+    std::fs::create_dir_all(&experiment).unwrap();
+    for file in ["opt.txt", "latest_net_G.pth"] {
+        std::fs::copy(case.join(file), experiment.join(file)).unwrap();
+    }
+    let data = tmp.path().join("data");
+    for dir in ["val_label", "val_inst", "val_img"] {
+        std::fs::create_dir_all(data.join(dir)).unwrap();
+    }
+    for (i, stem) in ["a", "b"].iter().enumerate() {
+        let png = format!("{stem}.png");
+        std::fs::copy(
+            case.join(format!("label_{i}.png")),
+            data.join("val_label").join(&png),
+        )
+        .unwrap();
+        std::fs::copy(
+            case.join(format!("instance_{i}.png")),
+            data.join("val_inst").join(&png),
+        )
+        .unwrap();
+        image::RgbImage::from_fn(64, 64, |x, y| {
+            image::Rgb([(x * 4) as u8, (y * 4) as u8, 90 + i as u8])
+        })
+        .save(data.join("val_img").join(&png))
+        .unwrap();
+    }
+    let results = tmp.path().join("results");
+    ok(&[
+        "test",
+        "--name",
+        "cocoeval",
+        "--checkpoints_dir",
+        s(&tmp.path().join("checkpoints")),
+        "--dataroot",
+        s(&data),
+        "--results_dir",
+        s(&results),
+        "--gpu_ids",
+        "-1",
+        "--batchSize",
+        "2",
+    ]);
+    let web = results.join("cocoeval/test_latest");
+    let expected = Tensor::read_npy(case.join("output.npy")).unwrap();
+    let expected = spade_model::io::preprocess::to_rgb8(&expected).unwrap();
+    for (i, stem) in ["a", "b"].iter().enumerate() {
+        let png = format!("{stem}.png");
+        let fake = image::open(web.join("images/synthesized_image").join(&png))
+            .unwrap()
+            .to_rgb8();
+        let worst = fake
+            .as_raw()
+            .iter()
+            .zip(&expected[i].data)
+            .map(|(&a, &b)| (i32::from(a) - i32::from(b)).abs())
+            .max()
+            .unwrap();
+        assert!(
+            worst <= 1,
+            "{stem}: synthesized image differs by {worst} levels"
+        );
+        let real = image::open(web.join("images/real_image").join(&png))
+            .unwrap()
+            .to_rgb8();
+        let photo = image::open(data.join("val_img").join(&png))
+            .unwrap()
+            .to_rgb8();
+        let worst = real
+            .as_raw()
+            .iter()
+            .zip(photo.as_raw())
+            .map(|(&a, &b)| a.abs_diff(b))
+            .max()
+            .unwrap();
+        assert!(worst <= 1, "{stem}: real image differs by {worst} levels");
+        let label = image::open(data.join("val_label").join(&png))
+            .unwrap()
+            .to_luma8();
+        let coloured = image::open(web.join("images/input_label").join(&png))
+            .unwrap()
+            .to_rgb8();
+        let id = label.get_pixel(5, 7)[0];
+        // 255 (unlabelled) is shown as dontcare, label_nc.
+        let shown = if id == 255 { 12 } else { usize::from(id) };
+        assert_eq!(
+            coloured.get_pixel(5, 7).0,
+            spade_model::io::palette::voc_colour(shown)
+        );
+    }
+    let index = std::fs::read_to_string(web.join("index.html")).unwrap();
+    assert!(index.contains("images/synthesized_image/b.png"), "{index}");
+
+    std::fs::remove_dir_all(data.join("val_inst")).unwrap();
+    let err = fails(&[
+        "test",
+        "--name",
+        "cocoeval",
+        "--checkpoints_dir",
+        s(&tmp.path().join("checkpoints")),
+        "--dataroot",
+        s(&data),
+        "--results_dir",
+        s(&results),
+        "--gpu_ids",
+        "-1",
+    ]);
+    assert!(err.contains("val_inst"), "{err}");
+}

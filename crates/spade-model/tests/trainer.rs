@@ -537,3 +537,54 @@ fn continue_train_refuses_checkpoints_that_do_not_fit() {
         "{missing}"
     );
 }
+
+/// `--max_total_steps` ends a run (exit 0, `latest` saved) at the budget, counted across
+/// resumes; `--lambda_l1` adds its term to the generator's losses.
+#[test]
+fn a_step_budget_ends_the_run_and_a_resume_continues_to_the_next() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (labels, images) = make_dataset(tmp.path(), 6, 64);
+    let ckpt = tmp.path().join("checkpoints");
+    let state = || -> serde_json::Value {
+        serde_json::from_str(
+            &std::fs::read_to_string(ckpt.join("budget/train_state.json")).unwrap(),
+        )
+        .unwrap()
+    };
+    let mut args = small_run(&labels, &images, &ckpt, "budget");
+    args.extend(
+        [
+            "--niter",
+            "50",
+            "--lambda_l1",
+            "10",
+            "--max_total_steps",
+            "4",
+        ]
+        .map(String::from),
+    );
+    run_ok(trainer_command(&args));
+    assert_eq!(
+        (
+            state()["total_steps"].as_u64(),
+            state()["iterations"].as_u64()
+        ),
+        (Some(4), Some(2))
+    );
+    let log = std::fs::read_to_string(ckpt.join("budget/loss_log.jsonl")).unwrap();
+    assert!(log.lines().last().unwrap().contains("\"L1\""), "{log}");
+
+    let mut args = small_run(&labels, &images, &ckpt, "budget");
+    args.extend(
+        [
+            "--niter",
+            "50",
+            "--continue_train",
+            "--max_total_steps",
+            "8",
+        ]
+        .map(String::from),
+    );
+    run_ok(trainer_command(&args));
+    assert_eq!(state()["total_steps"].as_u64(), Some(8));
+}

@@ -294,7 +294,7 @@ pub(crate) fn round_half_even(x: f64) -> usize {
 }
 
 /// `name: value  [default: x]` lines into a map; the header and footer lines are skipped.
-fn parse_option_lines(text: &str) -> Result<HashMap<String, String>> {
+pub fn parse_option_lines(text: &str) -> Result<HashMap<String, String>> {
     let mut options = HashMap::new();
     for (number, line) in text.lines().enumerate() {
         let line = line.split('\t').next().unwrap_or("").trim();

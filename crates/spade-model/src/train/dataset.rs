@@ -1,6 +1,6 @@
-//! Training pairs in the official folder layouts (`coco`, `ade20k`, `cityscapes`, `custom`),
-//! paired by file name, decoded and augmented (random crop and flip) as the official
-//! `Pix2pixDataset` does in the training phase.
+//! Pairs in the official folder layouts (`coco`, `ade20k`, `cityscapes`, `custom`), paired
+//! by file name and decoded as the official `Pix2pixDataset` does: the training split
+//! augmented (random crop and flip), the validation split (what `test.py` reads) as it is.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,13 +12,42 @@ use crate::io::config::Config;
 use crate::io::preprocess::{
     decode_id_png, decode_photo, Augmentation, DecodeLimits, IdMap, Preprocessor,
 };
-use crate::train::options::TrainOptions;
 use crate::train::step::Batch;
 
 /// Extensions the official `make_dataset` accepts as images.
 const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "ppm", "bmp", "tif", "tiff", "webp"];
 
-/// One training pair (plus its instance map).
+/// Which split of the folders: the official `phase` (`test.py` reads the `val` files).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Train,
+    Val,
+}
+
+impl Phase {
+    fn name(self) -> &'static str {
+        match self {
+            Phase::Train => "train",
+            Phase::Val => "val",
+        }
+    }
+}
+
+/// Where a dataset is and which part of it to read (the official data options).
+#[derive(Debug, Clone)]
+pub struct DataSource {
+    pub dataroot: PathBuf,
+    pub dataset_mode: String,
+    pub label_dir: Option<PathBuf>,
+    pub image_dir: Option<PathBuf>,
+    pub instance_dir: Option<PathBuf>,
+    pub phase: Phase,
+    /// Mirror half of the training samples (not `--no_flip`); never at validation.
+    pub flip: bool,
+    pub max_dataset_size: usize,
+}
+
+/// One pair (plus its instance map).
 #[derive(Debug, Clone)]
 pub struct Sample {
     pub label: PathBuf,
@@ -35,6 +64,8 @@ pub struct LoadedBatch {
 pub struct Dataset {
     samples: Vec<Sample>,
     preprocessor: Preprocessor,
+    /// Random crops and flips (training); the validation split is read as it is.
+    augment: bool,
     flip: bool,
     limits: DecodeLimits,
 }
@@ -62,8 +93,8 @@ fn cityscapes_key(path: &Path) -> String {
 }
 
 impl Dataset {
-    pub fn open(options: &TrainOptions, config: &Config) -> Result<Self> {
-        let layout = layout(options, config)?;
+    pub fn open(source: &DataSource, config: &Config) -> Result<Self> {
+        let layout = layout(source, config)?;
         let mut images = keyed(&layout.images, layout.key, "photo")?;
         let mut instances = match &layout.instances {
             Some(paths) => Some(keyed(paths, layout.key, "instance map")?),
@@ -73,8 +104,10 @@ impl Dataset {
             return Err(Error::input(
                 "dataset",
                 format!(
-                    "no label maps found for dataset_mode `{}` (see the folder layout in the README)",
-                    options.dataset_mode
+                    "no {} label maps found for dataset_mode `{}` (see the folder layout in the \
+                     README)",
+                    source.phase.name(),
+                    source.dataset_mode
                 ),
             ));
         }
@@ -96,7 +129,7 @@ impl Dataset {
                         "dataset",
                         format!(
                             "label map {} has no instance map with the same name (use \
-                             --no_instance to train without instance maps)",
+                             --no_instance for a model without instance maps)",
                             label.display()
                         ),
                     )
@@ -118,11 +151,13 @@ impl Dataset {
                 ),
             ));
         }
-        samples.truncate(options.max_dataset_size);
+        samples.truncate(source.max_dataset_size);
+        let augment = source.phase == Phase::Train;
         Ok(Self {
             samples,
             preprocessor: Preprocessor::new(config),
-            flip: !options.no_flip,
+            augment,
+            flip: augment && source.flip,
             limits: DecodeLimits::default(),
         })
     }
@@ -182,7 +217,11 @@ impl Dataset {
                 ),
             ));
         }
-        let augmentation = self.augmentation(raw_label.width, raw_label.height, seed);
+        let augmentation = if self.augment {
+            self.augmentation(raw_label.width, raw_label.height, seed)
+        } else {
+            Augmentation::default()
+        };
         let pre = self.preprocessor.with_augmentation(augmentation);
         let label = pre.label(&raw_label);
         let instance = match &sample.instance {
@@ -216,23 +255,25 @@ impl Dataset {
     }
 }
 
-fn layout(options: &TrainOptions, config: &Config) -> Result<Layout> {
-    let root = &options.dataroot;
+fn layout(source: &DataSource, config: &Config) -> Result<Layout> {
+    let root = &source.dataroot;
     let with_instances = !config.no_instance;
-    Ok(match options.dataset_mode.as_str() {
+    let phase = source.phase.name();
+    Ok(match source.dataset_mode.as_str() {
         "coco" => Layout {
-            labels: list_images(&root.join("train_label"), "label maps")?,
-            images: list_images(&root.join("train_img"), "photos")?,
+            labels: list_images(&root.join(format!("{phase}_label")), "label maps")?,
+            images: list_images(&root.join(format!("{phase}_img")), "photos")?,
             instances: with_instances
-                .then(|| list_images(&root.join("train_inst"), "instance maps"))
+                .then(|| list_images(&root.join(format!("{phase}_inst")), "instance maps"))
                 .transpose()?,
             key: stem_key,
         },
         "ade20k" => {
             let all = list_images(root, "ADE20K files")?;
+            let marker = format!("_{phase}_");
             let train: Vec<_> = all
                 .into_iter()
-                .filter(|p| p.to_string_lossy().contains("_train_"))
+                .filter(|p| p.to_string_lossy().contains(&marker))
                 .collect();
             let ext =
                 |p: &PathBuf, e: &str| p.extension().is_some_and(|x| x.eq_ignore_ascii_case(e));
@@ -244,7 +285,7 @@ fn layout(options: &TrainOptions, config: &Config) -> Result<Layout> {
             }
         }
         "cityscapes" => {
-            let gt = list_images(&root.join("gtFine").join("train"), "Cityscapes label maps")?;
+            let gt = list_images(&root.join("gtFine").join(phase), "Cityscapes label maps")?;
             let ends = |suffix: &str| -> Vec<PathBuf> {
                 gt.iter()
                     .filter(|p| p.to_string_lossy().ends_with(suffix))
@@ -253,7 +294,7 @@ fn layout(options: &TrainOptions, config: &Config) -> Result<Layout> {
             };
             Layout {
                 labels: ends("_labelIds.png"),
-                images: list_images(&root.join("leftImg8bit").join("train"), "Cityscapes photos")?,
+                images: list_images(&root.join("leftImg8bit").join(phase), "Cityscapes photos")?,
                 instances: with_instances.then(|| ends("_instanceIds.png")),
                 key: cityscapes_key,
             }
@@ -267,7 +308,7 @@ fn layout(options: &TrainOptions, config: &Config) -> Result<Layout> {
                     )
                 })
             };
-            let instances = match (&options.instance_dir, with_instances) {
+            let instances = match (&source.instance_dir, with_instances) {
                 (Some(d), true) => Some(list_images(d, "instance maps")?),
                 (None, true) => {
                     return Err(Error::config(
@@ -278,8 +319,8 @@ fn layout(options: &TrainOptions, config: &Config) -> Result<Layout> {
                 (_, false) => None,
             };
             Layout {
-                labels: list_images(&dir(&options.label_dir, "label_dir")?, "label maps")?,
-                images: list_images(&dir(&options.image_dir, "image_dir")?, "photos")?,
+                labels: list_images(&dir(&source.label_dir, "label_dir")?, "label maps")?,
+                images: list_images(&dir(&source.image_dir, "image_dir")?, "photos")?,
                 instances,
                 key: stem_key,
             }

@@ -9,6 +9,7 @@ use clap::Parser;
 use crate::error::{Error, Result};
 use crate::io::config::{Config, ConvNorm, GeneratorNorm, PreprocessMode, Upsampling};
 use crate::nets::discriminator::DiscriminatorConfig;
+use crate::train::dataset::{DataSource, Phase};
 use crate::train::loss::GanMode;
 
 #[derive(Debug, Clone, Parser)]
@@ -279,6 +280,20 @@ impl TrainOptions {
     /// The folder of this experiment's checkpoints.
     pub fn experiment_dir(&self) -> PathBuf {
         self.checkpoints_dir.join(&self.name)
+    }
+
+    /// The training split these options name.
+    pub fn data_source(&self) -> DataSource {
+        DataSource {
+            dataroot: self.dataroot.clone(),
+            dataset_mode: self.dataset_mode.clone(),
+            label_dir: self.label_dir.clone(),
+            image_dir: self.image_dir.clone(),
+            instance_dir: self.instance_dir.clone(),
+            phase: Phase::Train,
+            flip: !self.no_flip,
+            max_dataset_size: self.max_dataset_size,
+        }
     }
 
     pub fn resolve(&self) -> Result<TrainConfig> {

@@ -78,7 +78,7 @@ pub fn train(
     let experiment = options.experiment_dir();
     std::fs::create_dir_all(&experiment).map_err(|e| Error::io(&experiment, e))?;
     Save::recover(&experiment)?;
-    let dataset = Dataset::open(options, &config.model)?;
+    let dataset = Dataset::open(&options.data_source(), &config.model)?;
     let batches = dataset.len() / (options.batch_size * world);
     if batches == 0 {
         return Err(Error::input(

@@ -87,7 +87,7 @@ impl Checkpoint {
     /// Opens a checkpoint folder or a `.safetensors` file written by [`Checkpoint::save`].
     pub fn open(path: &Path) -> Result<Self> {
         if path.is_dir() {
-            Self::open_folder(path)
+            Self::open_epoch(path, "latest")
         } else if path.is_file() {
             Self::open_safetensors(path)
         } else {
@@ -99,21 +99,23 @@ impl Checkpoint {
         }
     }
 
-    fn open_folder(dir: &Path) -> Result<Self> {
+    /// A checkpoint folder's networks saved at `epoch` (`latest`, or a number):
+    /// `{epoch}_net_G.pth` and `{epoch}_net_E.pth`, as the official `--which_epoch` picks them.
+    pub fn open_epoch(dir: &Path, epoch: &str) -> Result<Self> {
         let opt = dir.join("opt.txt");
         if !opt.is_file() {
             return Err(Error::checkpoint(dir, "missing opt.txt"));
         }
         let config = Config::from_opt_txt(&opt).map_err(|e| Error::checkpoint(&opt, e))?;
-        let g_path = dir.join("latest_net_G.pth");
+        let g_path = dir.join(format!("{epoch}_net_G.pth"));
         if !g_path.is_file() {
-            return Err(Error::checkpoint(dir, "missing latest_net_G.pth"));
+            return Err(Error::checkpoint(dir, format!("missing {epoch}_net_G.pth")));
         }
         let generator = StateDict {
             tensors: pth::read(&g_path)?,
             source: g_path,
         };
-        let e_path = dir.join("latest_net_E.pth");
+        let e_path = dir.join(format!("{epoch}_net_E.pth"));
         let encoder = if e_path.is_file() {
             Some(StateDict {
                 tensors: pth::read(&e_path)?,

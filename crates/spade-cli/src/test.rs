@@ -1,0 +1,236 @@
+//! `spade test`: the official `test.py`. Synthesizes the validation split of a dataset with a
+//! trained checkpoint and writes the official results folder: colour-coded input labels,
+//! synthesized images and real photos, and an `index.html` that lists them.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device};
+use indicatif::{ProgressBar, ProgressStyle};
+use spade_model::io::config::parse_option_lines;
+use spade_model::io::palette::voc_colour;
+use spade_model::io::preprocess::{to_rgb8, IdMap};
+use spade_model::train::dataset::{DataSource, Dataset, Phase};
+use spade_model::{Checkpoint, SpadeModel};
+
+#[derive(clap::Args)]
+#[command(rename_all = "verbatim")]
+#[command(after_help = "\
+The architecture and the dataset options come from <checkpoints_dir>/<name>/opt.txt, as the \
+official --load_from_opt_file; the dataset flags given here override it. Writes \
+<results_dir>/<name>/test_<which_epoch>/images/{input_label,synthesized_image,real_image}/\
+<stem>.png and index.html. Models with a style encoder take the style of each real photo, \
+as the official inference does.")]
+pub struct Args {
+    /// Experiment name: the checkpoint is <checkpoints_dir>/<name>.
+    #[arg(long, default_value = "label2coco")]
+    name: String,
+    #[arg(long, default_value = "./checkpoints")]
+    checkpoints_dir: PathBuf,
+    /// Which saved networks: `latest` or an epoch number ({which_epoch}_net_G.pth).
+    #[arg(long, default_value = "latest")]
+    which_epoch: String,
+    /// Dataset root (coco, ade20k, cityscapes); default: the one in opt.txt.
+    #[arg(long)]
+    dataroot: Option<PathBuf>,
+    /// coco, ade20k, cityscapes or custom; default: the one in opt.txt.
+    #[arg(long)]
+    dataset_mode: Option<String>,
+    /// custom: folder of label maps.
+    #[arg(long)]
+    label_dir: Option<PathBuf>,
+    /// custom: folder of photos.
+    #[arg(long)]
+    image_dir: Option<PathBuf>,
+    /// custom: folder of instance maps.
+    #[arg(long)]
+    instance_dir: Option<PathBuf>,
+    #[arg(long, default_value = "./results/")]
+    results_dir: PathBuf,
+    /// At most this many images.
+    #[arg(long, default_value_t = usize::MAX, hide_default_value = true)]
+    how_many: usize,
+    #[arg(long = "batchSize", default_value_t = 1)]
+    batch_size: usize,
+    /// -1 for the CPU, N for GPU N.
+    #[arg(long, default_value = "0", allow_hyphen_values = true)]
+    gpu_ids: String,
+}
+
+fn device(gpu_ids: &str) -> Result<Device> {
+    let spec = match gpu_ids.trim() {
+        "-1" => "cpu".to_string(),
+        id if id.parse::<usize>().is_ok() => format!("cuda:{id}"),
+        other => bail!("--gpu_ids {other}: expected -1 (CPU) or one GPU id"),
+    };
+    crate::parse_device(&spec).with_context(|| format!("--gpu_ids {gpu_ids} (pass -1 for the CPU)"))
+}
+
+/// The dataset options of the run: flags first, then the experiment's `opt.txt`.
+fn data_source(args: &Args, opt: &HashMap<String, String>, config_mode: &str) -> DataSource {
+    let from_opt = |key: &str| {
+        opt.get(key)
+            .filter(|v| !v.is_empty() && v.as_str() != "None")
+            .map(PathBuf::from)
+    };
+    DataSource {
+        dataroot: args
+            .dataroot
+            .clone()
+            .or_else(|| from_opt("dataroot"))
+            .unwrap_or_else(|| PathBuf::from("./datasets/cityscapes/")),
+        dataset_mode: args
+            .dataset_mode
+            .clone()
+            .unwrap_or_else(|| config_mode.to_string()),
+        label_dir: args.label_dir.clone().or_else(|| from_opt("label_dir")),
+        image_dir: args.image_dir.clone().or_else(|| from_opt("image_dir")),
+        instance_dir: args
+            .instance_dir
+            .clone()
+            .or_else(|| from_opt("instance_dir")),
+        phase: Phase::Val,
+        flip: false,
+        max_dataset_size: usize::MAX,
+    }
+}
+
+/// The official `tensor2label`: each id in the colour of the reference's colour map for
+/// `label_nc + 2` classes; ids beyond it stay black.
+fn colour_label(label: &IdMap, classes: usize) -> image::RgbImage {
+    let mut out = image::RgbImage::new(label.width as u32, label.height as u32);
+    for (pixel, &id) in out.pixels_mut().zip(&label.data) {
+        if (0..classes as i64).contains(&id) {
+            *pixel = image::Rgb(voc_colour(id as usize));
+        }
+    }
+    out
+}
+
+fn save(image: &image::RgbImage, path: &Path) -> Result<()> {
+    image
+        .save(path)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn rgb_image(raster: spade_model::io::resample::Raster<u8>) -> image::RgbImage {
+    image::RgbImage::from_raw(raster.width as u32, raster.height as u32, raster.data)
+        .expect("raster size matches")
+}
+
+pub fn run(args: Args) -> Result<()> {
+    if args.batch_size == 0 {
+        bail!("--batchSize must be at least 1");
+    }
+    let experiment = args.checkpoints_dir.join(&args.name);
+    let opt_path = experiment.join("opt.txt");
+    let opt_text = std::fs::read_to_string(&opt_path)
+        .with_context(|| format!("cannot read {} (is --name right?)", opt_path.display()))?;
+    let opt = parse_option_lines(&opt_text).with_context(|| opt_path.display().to_string())?;
+    let device = device(&args.gpu_ids)?;
+    let checkpoint = Checkpoint::open_epoch(&experiment, &args.which_epoch)?;
+    let model = SpadeModel::from_checkpoint(&checkpoint, &device, DType::F32)?;
+    let source = data_source(&args, &opt, &model.config.dataset_mode);
+    let dataset = Dataset::open(&source, &model.config)?;
+    let count = dataset.len().min(args.how_many);
+
+    let web = args
+        .results_dir
+        .join(&args.name)
+        .join(format!("test_{}", args.which_epoch));
+    let kinds = ["input_label", "synthesized_image", "real_image"];
+    for kind in kinds {
+        let dir = web.join("images").join(kind);
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let classes = model.config.label_nc + 2;
+    let bar = ProgressBar::new(count as u64);
+    bar.set_style(
+        ProgressStyle::with_template("test [{bar:30}] {pos}/{len} images ({per_sec}, {eta})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let mut stems = Vec::with_capacity(count);
+    let indices: Vec<usize> = (0..count).collect();
+    for chunk in indices.chunks(args.batch_size) {
+        let with_seeds: Vec<(usize, u64)> = chunk.iter().map(|&i| (i, 0)).collect();
+        let loaded = dataset.load(&with_seeds, &device)?;
+        let z = match &model.encoder {
+            Some(_) => Some(model.style_from_image(&loaded.batch.image, chunk[0] as u64)?),
+            None => None,
+        };
+        let fakes = to_rgb8(&model.synthesize(&loaded.batch.semantics, z.as_ref())?)?;
+        let reals = to_rgb8(&loaded.batch.image)?;
+        for (k, &i) in chunk.iter().enumerate() {
+            let sample = &dataset.samples()[i];
+            let stem = sample
+                .label
+                .file_stem()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            let file = format!("{stem}.png");
+            let dir = web.join("images");
+            save(
+                &colour_label(&loaded.labels[k], classes),
+                &dir.join(kinds[0]).join(&file),
+            )?;
+            save(
+                &rgb_image(fakes[k].clone()),
+                &dir.join(kinds[1]).join(&file),
+            )?;
+            save(
+                &rgb_image(reals[k].clone()),
+                &dir.join(kinds[2]).join(&file),
+            )?;
+            stems.push(stem);
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    write_index(&web, &args, &stems, &kinds)?;
+    println!("wrote {} images to {}", stems.len(), web.display());
+    Ok(())
+}
+
+/// `index.html`, as the official `html.HTML` page: one row per image with its three files.
+fn write_index(web: &Path, args: &Args, stems: &[String], kinds: &[&str]) -> Result<()> {
+    let escape = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
+    let title = format!(
+        "Experiment = {}, Phase = test, Epoch = {}",
+        escape(&args.name),
+        escape(&args.which_epoch)
+    );
+    let mut html = format!(
+        "<!DOCTYPE html>\n<html>\n<head><meta charset=\"utf-8\"><title>{title}</title></head>\n\
+         <body>\n<h1>{title}</h1>\n"
+    );
+    for stem in stems {
+        let stem = escape(stem);
+        writeln!(
+            html,
+            "<h3>{stem}</h3>\n<table border=\"1\" style=\"table-layout: fixed;\"><tr>"
+        )?;
+        for kind in kinds {
+            let src = format!("images/{kind}/{stem}.png");
+            writeln!(
+                html,
+                "<td halign=\"center\" style=\"word-wrap: break-word;\" valign=\"top\">\
+                 <a href=\"{src}\"><img style=\"width:256px\" src=\"{src}\"></a><br>\
+                 <p>{kind}</p></td>"
+            )?;
+        }
+        html.push_str("</tr></table>\n");
+    }
+    html.push_str("</body>\n</html>\n");
+    let path = web.join("index.html");
+    std::fs::write(&path, html).with_context(|| format!("cannot write {}", path.display()))
+}
