@@ -4,6 +4,7 @@ mod bench;
 mod bench_train;
 mod convert;
 mod encode;
+mod evaluate;
 mod fid;
 mod make_dataset;
 mod seg_metrics;
@@ -43,6 +44,8 @@ enum Command {
     SegMetrics(seg_metrics::Args),
     /// The official test.py: synthesize a dataset's validation split into a results folder.
     Test(test::Args),
+    /// The paper's scores for one model: test, then FID (and mIoU / accuracy with --pred).
+    Evaluate(evaluate::Args),
 }
 
 fn main() {
@@ -57,6 +60,7 @@ fn main() {
         Command::Fid(args) => fid::run(args),
         Command::SegMetrics(args) => seg_metrics::run(args),
         Command::Test(args) => test::run(args),
+        Command::Evaluate(args) => evaluate::run(args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

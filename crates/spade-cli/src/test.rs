@@ -59,6 +59,12 @@ pub struct Args {
     gpu_ids: String,
 }
 
+impl Args {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
 fn device(gpu_ids: &str) -> Result<Device> {
     let spec = match gpu_ids.trim() {
         "-1" => "cpu".to_string(),
@@ -115,12 +121,47 @@ fn save(image: &image::RgbImage, path: &Path) -> Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// 8-bit ids; the dontcare id (`label_nc`) goes back to 255, the id the metrics ignore.
+fn save_ids(ids: &IdMap, label_nc: usize, path: &Path) -> Result<()> {
+    let grey = ids
+        .data
+        .iter()
+        .map(|&id| if id >= label_nc as i64 { 255 } else { id as u8 })
+        .collect();
+    image::GrayImage::from_raw(ids.width as u32, ids.height as u32, grey)
+        .expect("raster size matches")
+        .save(path)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
 fn rgb_image(raster: spade_model::io::resample::Raster<u8>) -> image::RgbImage {
     image::RgbImage::from_raw(raster.width as u32, raster.height as u32, raster.data)
         .expect("raster size matches")
 }
 
 pub fn run(args: Args) -> Result<()> {
+    let run = synthesize_split(&args, false)?;
+    println!("wrote {} images to {}", run.stems.len(), run.web.display());
+    Ok(())
+}
+
+/// What a test run wrote.
+pub struct TestRun {
+    /// `<results_dir>/<name>/test_<which_epoch>`.
+    pub web: PathBuf,
+    pub stems: Vec<String>,
+    pub label_nc: usize,
+}
+
+/// The image folders of a test run.
+pub const SYNTHESIZED: &str = "synthesized_image";
+pub const REAL: &str = "real_image";
+/// The input label ids (255 where unlabelled), written for `spade evaluate`.
+pub const LABEL_IDS: &str = "label_ids";
+
+/// Synthesizes the validation split into the results folder; with `label_ids`, also writes
+/// each input label map as 8-bit ids (the ground truth of the segmentation scores).
+pub fn synthesize_split(args: &Args, label_ids: bool) -> Result<TestRun> {
     if args.batch_size == 0 {
         bail!("--batchSize must be at least 1");
     }
@@ -140,8 +181,12 @@ pub fn run(args: Args) -> Result<()> {
         .results_dir
         .join(&args.name)
         .join(format!("test_{}", args.which_epoch));
-    let kinds = ["input_label", "synthesized_image", "real_image"];
-    for kind in kinds {
+    let kinds = ["input_label", SYNTHESIZED, REAL];
+    let label_nc = model.config.label_nc;
+    if label_ids && label_nc > 255 {
+        bail!("label_nc {label_nc}: the segmentation scores take 8-bit ids (at most 255 classes)");
+    }
+    for kind in kinds.iter().chain(label_ids.then_some(&LABEL_IDS)) {
         let dir = web.join("images").join(kind);
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
@@ -186,14 +231,24 @@ pub fn run(args: Args) -> Result<()> {
                 &rgb_image(reals[k].clone()),
                 &dir.join(kinds[2]).join(&file),
             )?;
+            if label_ids {
+                save_ids(
+                    &loaded.labels[k],
+                    label_nc,
+                    &dir.join(LABEL_IDS).join(&file),
+                )?;
+            }
             stems.push(stem);
         }
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
-    write_index(&web, &args, &stems, &kinds)?;
-    println!("wrote {} images to {}", stems.len(), web.display());
-    Ok(())
+    write_index(&web, args, &stems, &kinds)?;
+    Ok(TestRun {
+        web,
+        stems,
+        label_nc,
+    })
 }
 
 /// `index.html`, as the official `html.HTML` page: one row per image with its three files.

@@ -402,16 +402,16 @@ fn seg_metrics_prints_a_table_and_writes_json() {
 /// `spade test` on a COCO-layout validation split made of the fixture's inputs: the
 /// synthesized images are the reference generator's outputs (within 1 level after
 /// `tensor2im`), next to the colour-coded labels and the real photos.
-#[test]
-fn test_writes_the_official_results_folder() {
+/// A COCO-layout validation split made of `gen_coco_eval`'s inputs (`a`, `b`), and its
+/// checkpoint as the experiment `cocoeval`: (checkpoints dir, dataroot).
+fn coco_val_split(root: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     let case = fixtures().join("gen_coco_eval");
-    let tmp = tempfile::tempdir().unwrap();
-    let experiment = tmp.path().join("checkpoints/cocoeval");
+    let experiment = root.join("checkpoints/cocoeval");
     std::fs::create_dir_all(&experiment).unwrap();
     for file in ["opt.txt", "latest_net_G.pth"] {
         std::fs::copy(case.join(file), experiment.join(file)).unwrap();
     }
-    let data = tmp.path().join("data");
+    let data = root.join("data");
     for dir in ["val_label", "val_inst", "val_img"] {
         std::fs::create_dir_all(data.join(dir)).unwrap();
     }
@@ -433,6 +433,14 @@ fn test_writes_the_official_results_folder() {
         .save(data.join("val_img").join(&png))
         .unwrap();
     }
+    (root.join("checkpoints"), data)
+}
+
+#[test]
+fn test_writes_the_official_results_folder() {
+    let case = fixtures().join("gen_coco_eval");
+    let tmp = tempfile::tempdir().unwrap();
+    let (checkpoints, data) = coco_val_split(tmp.path());
     let results = tmp.path().join("results");
     ok(&[
         "test",
@@ -514,4 +522,70 @@ fn test_writes_the_official_results_folder() {
         "-1",
     ]);
     assert!(err.contains("val_inst"), "{err}");
+}
+
+/// `spade evaluate` with perfect predictions (the input labels themselves): 100 % mIoU and
+/// accuracy, and the FID of the synthesized against the real images in metrics.json.
+#[test]
+fn evaluate_prints_a_table_row_and_writes_metrics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (checkpoints, data) = coco_val_split(tmp.path());
+    let results = tmp.path().join("results");
+    let weights = fixtures().join("fid/pt_inception-random.pth");
+    let test = [
+        "--name",
+        "cocoeval",
+        "--checkpoints_dir",
+        s(&checkpoints),
+        "--dataroot",
+        s(&data),
+        "--results_dir",
+        s(&results),
+        "--gpu_ids",
+        "-1",
+    ];
+    // Perfect predictions: the label ids a first run writes.
+    ok(&[
+        &["evaluate"],
+        &test[..],
+        &["--dims", "64", "--inception", s(&weights)],
+    ]
+    .concat());
+    let web = results.join("cocoeval/test_latest");
+    let pred = tmp.path().join("pred");
+    std::fs::create_dir(&pred).unwrap();
+    for stem in ["a", "b"] {
+        let png = format!("{stem}.png");
+        std::fs::copy(web.join("images/label_ids").join(&png), pred.join(&png)).unwrap();
+    }
+    let out = spade(
+        &[
+            &["evaluate"],
+            &test[..],
+            &[
+                "--dims",
+                "64",
+                "--inception",
+                s(&weights),
+                "--pred",
+                s(&pred),
+            ],
+        ]
+        .concat(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("| cocoeval (2) | 100.0 | 100.0 |"),
+        "{stdout}"
+    );
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(web.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(metrics["miou"].as_f64(), Some(1.0));
+    let fid = metrics["fid"].as_f64().unwrap();
+    assert!(fid.is_finite() && fid > 0.0, "{metrics}");
 }
