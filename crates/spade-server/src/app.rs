@@ -124,12 +124,14 @@ pub async fn start_with_engine(
         draining: AtomicBool::new(false),
     });
     let limit = config.max_body_bytes;
+    let body_timeout = config.body_timeout();
     let app = routes::router(state.clone())
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn(move |req: Request, next: Next| {
-            refuse_declared_oversize(limit, req, next)
+            read_body(limit, body_timeout, req, next)
         }))
         .layer(cors(&config.cors_origins));
+    let header_timeout = config.header_timeout();
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
@@ -149,7 +151,7 @@ pub async fn start_with_engine(
                     tracing::info!("draining: no new connections, finishing in-flight requests");
                 }
             };
-            let serve = axum::serve(listener, app).with_graceful_shutdown(drained);
+            let serve = serve(listener, app, header_timeout, drained);
             let deadline = async {
                 // Only starts counting once draining began.
                 while !state.draining.load(Ordering::Acquire) {
@@ -158,11 +160,7 @@ pub async fn start_with_engine(
                 tokio::time::sleep(grace).await;
             };
             tokio::select! {
-                result = serve => {
-                    if let Err(err) = result {
-                        tracing::error!(%err, "server error");
-                    }
-                }
+                () = serve => {}
                 _ = deadline => tracing::warn!("grace period over; exiting with work in flight"),
             }
             let pool_state = state.clone();
@@ -200,7 +198,7 @@ pub fn stop_on_signals(server: &RunningServer) {
 
 /// Refuses a body whose declared `Content-Length` is over the limit before reading any of
 /// it, so a client is told at once (and never gets `100 Continue` for it).
-async fn refuse_declared_oversize(limit: usize, req: Request, next: Next) -> Response {
+async fn read_body(limit: usize, timeout: Duration, req: Request, next: Next) -> Response {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -209,7 +207,91 @@ async fn refuse_declared_oversize(limit: usize, req: Request, next: Next) -> Res
     if declared.is_some_and(|n| n > limit as u64) {
         return ApiError::PayloadTooLarge.into_response();
     }
-    next.run(req).await
+    // The whole body within the deadline: a client that stalls or trickles does not hold a
+    // connection (and its buffer) for longer.
+    let (parts, body) = req.into_parts();
+    let bytes = match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Err(_) => return ApiError::BodyTimeout(timeout.as_secs_f64()).into_response(),
+        Ok(Err(err)) if is_length_limit(&err) => return ApiError::PayloadTooLarge.into_response(),
+        Ok(Err(err)) => {
+            return ApiError::BadRequest(format!("cannot read the request body: {err}"))
+                .into_response()
+        }
+        Ok(Ok(bytes)) => bytes,
+    };
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await
+}
+
+fn is_length_limit(err: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// Accepts connections until `drained` resolves, then waits for the open ones to finish.
+/// Unlike `axum::serve` it bounds how long a client may take to send a request's headers
+/// (and how long an idle keep-alive connection lives): a socket that sends nothing, or half
+/// a request line, is closed after `header_timeout` instead of holding a descriptor forever.
+async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    header_timeout: Duration,
+    drained: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(header_timeout))
+        .keep_alive_timeout(header_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(drained);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    // Out of descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%err, "accept error");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut drained => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let (builder, watcher) = (builder.clone(), graceful.watcher());
+        tokio::spawn(async move {
+            // hyper's header timer starts with the first byte, and the HTTP/1-or-2 detection
+            // before it waits without one: a socket that sends nothing is dropped here.
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(header_timeout, stream.peek(&mut first)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
+            let connection = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            if let Err(err) = watcher.watch(connection).await {
+                tracing::debug!(%err, "connection closed with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }
 
 /// Headers cross-origin pages may send: a wildcard would not cover `Authorization`.

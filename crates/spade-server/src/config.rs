@@ -87,6 +87,15 @@ pub struct ServerConfig {
     )]
     pub cors_origins: Vec<String>,
 
+    /// Seconds a client has to send a request's headers; also how long an idle keep-alive
+    /// connection stays open. Slower connections are closed.
+    #[arg(long, env = "SPADE_HEADER_TIMEOUT", default_value_t = 10.0)]
+    pub header_timeout: f64,
+
+    /// Seconds a client has to send a whole request body; slower ones get 408.
+    #[arg(long, env = "SPADE_BODY_TIMEOUT", default_value_t = 30.0)]
+    pub body_timeout: f64,
+
     /// Seconds to finish in-flight work after SIGTERM before exiting.
     #[arg(long, env = "SPADE_SHUTDOWN_GRACE", default_value_t = 30.0)]
     pub shutdown_grace: f64,
@@ -190,11 +199,22 @@ impl ServerConfig {
         if !(self.request_timeout > 0.0 && self.shutdown_grace >= 0.0) {
             bail!("--request-timeout must be positive and --shutdown-grace not negative");
         }
+        if !(self.header_timeout > 0.0 && self.body_timeout > 0.0) {
+            bail!("--header-timeout and --body-timeout must be positive");
+        }
         Ok(())
     }
 
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.request_timeout)
+    }
+
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.header_timeout)
+    }
+
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.body_timeout)
     }
 
     pub fn max_batch_delay(&self) -> Duration {

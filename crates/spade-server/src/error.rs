@@ -25,6 +25,8 @@ pub enum ApiError {
     Unauthorized,
     #[error("request body too large")]
     PayloadTooLarge,
+    #[error("the request body did not arrive within {0:.1} s")]
+    BodyTimeout(f64),
     #[error("the queue of model `{0}` is full; retry later")]
     QueueFull(String),
     #[error("the server is shutting down")]
@@ -46,6 +48,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::QueueFull(_) | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -64,6 +67,7 @@ impl ApiError {
             ApiError::Conflict(_) => "not-supported-by-model",
             ApiError::Unauthorized => "unauthorized",
             ApiError::PayloadTooLarge => "payload-too-large",
+            ApiError::BodyTimeout(_) => "body-timeout",
             ApiError::QueueFull(_) => "queue-full",
             ApiError::ShuttingDown => "shutting-down",
             ApiError::Timeout(_) => "timeout",

@@ -926,6 +926,63 @@ async fn an_oversize_declared_body_is_refused_before_it_is_sent() {
     server.shutdown().await;
 }
 
+/// Slow and idle clients are dropped: a socket that sends nothing or half a request line is
+/// closed after `--header-timeout`, and a body that stalls gets 408 after `--body-timeout`;
+/// meanwhile the server keeps answering others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_and_idle_clients_are_dropped() {
+    use std::io::{Read, Write};
+    let mut cfg = config(&[("coco", "gen_coco_eval")]);
+    cfg.header_timeout = 0.5;
+    cfg.body_timeout = 0.5;
+    let (server, base) = start(cfg).await;
+    let addr = base.trim_start_matches("http://").to_string();
+    let cases = [
+        ("idle", String::new()),
+        ("half a request line", "POST /v1/synth".to_string()),
+        (
+            "stalled body",
+            "POST /v1/synthesize HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n\
+             Content-Length: 1000\r\n\r\n0123456789"
+                .to_string(),
+        ),
+    ];
+    for (what, sent) in cases {
+        let addr = addr.clone();
+        let (reply, waited) = tokio::task::spawn_blocking(move || {
+            let mut socket = std::net::TcpStream::connect(&addr).unwrap();
+            socket
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let started = std::time::Instant::now();
+            socket.write_all(sent.as_bytes()).unwrap();
+            let mut reply = Vec::new();
+            // Ends when the server closes the connection (or the 10 s read timeout fails it).
+            socket
+                .read_to_end(&mut reply)
+                .expect("the server closes the connection");
+            (
+                String::from_utf8_lossy(&reply).to_string(),
+                started.elapsed(),
+            )
+        })
+        .await
+        .unwrap();
+        assert!(
+            waited < Duration::from_secs(5),
+            "{what}: open for {waited:?}"
+        );
+        if what == "stalled body" {
+            assert!(reply.starts_with("HTTP/1.1 408"), "{what}: {reply}");
+            assert!(reply.contains("body-timeout"), "{what}: {reply}");
+        } else {
+            assert!(!reply.starts_with("HTTP/1.1 2"), "{what}: {reply}");
+        }
+        healthy(&base).await;
+    }
+    server.shutdown().await;
+}
+
 /// An engine whose warm-up fails, as a model that cannot run on its device does.
 struct BrokenWarmUp(ModelEngine);
 

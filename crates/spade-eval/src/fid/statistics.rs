@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use anyhow::{bail, ensure, Result};
-use nalgebra::{DMatrix, DVector};
+use faer::Mat;
 
 use super::npy;
 
@@ -14,8 +14,9 @@ const MAX_DIMS: usize = 2048;
 
 #[derive(Debug, Clone)]
 pub struct Statistics {
-    pub mu: DVector<f64>,
-    pub sigma: DMatrix<f64>,
+    pub mu: Vec<f64>,
+    /// `dims x dims`, symmetric.
+    pub sigma: Mat<f64>,
 }
 
 impl Statistics {
@@ -26,13 +27,12 @@ impl Statistics {
             n >= 2,
             "{n} image(s): the covariance needs at least 2 (pytorch-fid would return nan)"
         );
-        let x = DMatrix::from_row_iterator(n, dims, activations.iter().map(|&v| f64::from(v)));
-        let mu = DVector::from_iterator(dims, x.column_iter().map(|c| c.mean()));
-        let mut centred = x;
-        for mut row in centred.row_iter_mut() {
-            row -= mu.transpose();
-        }
-        let sigma = (centred.transpose() * &centred) / (n - 1) as f64;
+        let value = |i: usize, j: usize| f64::from(activations[i * dims + j]);
+        let mu: Vec<f64> = (0..dims)
+            .map(|j| (0..n).map(|i| value(i, j)).sum::<f64>() / n as f64)
+            .collect();
+        let centred = Mat::from_fn(n, dims, |i, j| value(i, j) - mu[j]);
+        let sigma = centred.transpose() * &centred * faer::Scale(1.0 / (n - 1) as f64);
         Ok(Self { mu, sigma })
     }
 
@@ -59,28 +59,25 @@ impl Statistics {
             "{what}: `sigma` has shape {:?}, expected [{dims}, {dims}] to match `mu`",
             sigma.shape
         );
-        let finite = |a: &npy::Array, name| {
+        for (a, name) in [(&mu, "mu"), (&sigma, "sigma")] {
             ensure!(
                 a.values.iter().all(|v| v.is_finite()),
                 "{what}: `{name}` holds non-finite values"
             );
-            Ok(())
-        };
-        finite(&mu, "mu")?;
-        finite(&sigma, "sigma")?;
+        }
         Ok(Self {
-            mu: DVector::from_vec(mu.values),
-            sigma: DMatrix::from_row_slice(dims, dims, &sigma.values),
+            sigma: Mat::from_fn(dims, dims, |i, j| sigma.values[i * dims + j]),
+            mu: mu.values,
         })
     }
 
     pub fn write_npz(&self, path: &Path) -> Result<()> {
         let d = self.dims();
-        let sigma: Vec<f64> = self.sigma.transpose().iter().copied().collect();
+        let sigma: Vec<f64> = (0..d * d).map(|k| self.sigma[(k / d, k % d)]).collect();
         npy::write_npz(
             path,
             &[
-                ("mu", npy::encode_f64(&[d], self.mu.as_slice())),
+                ("mu", npy::encode_f64(&[d], &self.mu)),
                 ("sigma", npy::encode_f64(&[d, d], &sigma)),
             ],
         )
@@ -95,11 +92,10 @@ mod tests {
     fn mean_and_unbiased_covariance() {
         // Rows (1, 2), (3, 6), (5, 7): means 3 and 5; cov = [[4, 5], [5, 7]].
         let s = Statistics::from_activations(&[1.0, 2.0, 3.0, 6.0, 5.0, 7.0], 3, 2).unwrap();
-        assert_eq!(s.mu.as_slice(), [3.0, 5.0]);
-        assert_eq!(
-            s.sigma,
-            DMatrix::from_row_slice(2, 2, &[4.0, 5.0, 5.0, 7.0])
-        );
+        assert_eq!(s.mu, [3.0, 5.0]);
+        for (i, j, v) in [(0, 0, 4.0), (0, 1, 5.0), (1, 0, 5.0), (1, 1, 7.0)] {
+            assert!((s.sigma[(i, j)] - v).abs() < 1e-12, "sigma[{i}, {j}]");
+        }
         assert!(Statistics::from_activations(&[1.0, 2.0], 1, 2).is_err());
     }
 
