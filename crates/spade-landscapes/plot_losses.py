@@ -34,7 +34,7 @@ def panel(name, points, x0, y0):
         f'<text x="{x0 + PAD}" y="{y0 + 14}" font-size="13">{name}</text>'
         f'<text x="{x0 + 2}" y="{sy(hi) + 4:.1f}" font-size="10">{hi:.2f}</text>'
         f'<text x="{x0 + 2}" y="{sy(lo) + 4:.1f}" font-size="10">{lo:.2f}</text>'
-        f'<text x="{x0 + W - 60}" y="{y0 + H - 8}" font-size="10">{xmax} iters</text>'
+        f'<text x="{x0 + W - 60}" y="{y0 + H - 8}" font-size="10">{xmax} samples</text>'
         f'<polyline fill="none" stroke="#90caf9" stroke-width="1" points="{raw}"/>'
         f'<polyline fill="none" stroke="#0d47a1" stroke-width="2" points="{" ".join(smooth)}"/>'
     )
@@ -43,7 +43,8 @@ def panel(name, points, x0, y0):
 def main():
     src, out = sys.argv[1], sys.argv[2]
     records = [json.loads(line) for line in open(src) if line.strip()]
-    names = list(records[0]["losses"])
+    # Every loss any record has (a resumed stage may add one, as the L1 of stage 2).
+    names = list(dict.fromkeys(name for r in records for name in r["losses"]))
     cols = 3
     rows = (len(names) + cols - 1) // cols
     parts = [

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Regenerates the bundled landscapes model from nothing: the dataset, the two training
-# stages and the converted half-precision file (docs/landscapes.md). About three hours on
+# stages and the converted half-precision file (docs/landscapes.md). About 2.6 hours on
 # 2 CPU cores; not run in CI.
 #   bash crates/spade-landscapes/train.sh [WORK_DIR]
-# Environment: STEPS (default 3000: the shipped model's samples seen, i.e. iterations x
+# Environment: STEPS (default 3098: the shipped model's samples seen, i.e. iterations x
 # batch size 2), GPU_IDS (default -1: CPU).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 work="${1:-landscapes-work}"
-steps="${STEPS:-3000}"
+steps="${STEPS:-3098}"
 
 cargo build --release --locked -p spade-cli -p spade-model --bin spade --bin trainer
 target/release/spade make-dataset landscapes --count 3000 --size 256 --seed 1 --out "$work/data"
