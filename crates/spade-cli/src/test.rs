@@ -173,7 +173,7 @@ pub fn synthesize_split(args: &Args, label_ids: bool) -> Result<TestRun> {
     let device = device(&args.gpu_ids)?;
     let checkpoint = Checkpoint::open_epoch(&experiment, &args.which_epoch)?;
     let model = SpadeModel::from_checkpoint(&checkpoint, &device, DType::F32)?;
-    let source = data_source(&args, &opt, &model.config.dataset_mode);
+    let source = data_source(args, &opt, &model.config.dataset_mode);
     let dataset = Dataset::open(&source, &model.config)?;
     let count = dataset.len().min(args.how_many);
 

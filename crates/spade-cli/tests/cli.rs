@@ -442,21 +442,20 @@ fn test_writes_the_official_results_folder() {
     let tmp = tempfile::tempdir().unwrap();
     let (checkpoints, data) = coco_val_split(tmp.path());
     let results = tmp.path().join("results");
-    ok(&[
+    let test = [
         "test",
         "--name",
         "cocoeval",
         "--checkpoints_dir",
-        s(&tmp.path().join("checkpoints")),
+        s(&checkpoints),
         "--dataroot",
         s(&data),
         "--results_dir",
         s(&results),
         "--gpu_ids",
         "-1",
-        "--batchSize",
-        "2",
-    ]);
+    ];
+    ok(&[&test[..], &["--batchSize", "2"]].concat());
     let web = results.join("cocoeval/test_latest");
     let expected = Tensor::read_npy(case.join("output.npy")).unwrap();
     let expected = spade_model::io::preprocess::to_rgb8(&expected).unwrap();
@@ -508,19 +507,7 @@ fn test_writes_the_official_results_folder() {
     assert!(index.contains("images/synthesized_image/b.png"), "{index}");
 
     std::fs::remove_dir_all(data.join("val_inst")).unwrap();
-    let err = fails(&[
-        "test",
-        "--name",
-        "cocoeval",
-        "--checkpoints_dir",
-        s(&tmp.path().join("checkpoints")),
-        "--dataroot",
-        s(&data),
-        "--results_dir",
-        s(&results),
-        "--gpu_ids",
-        "-1",
-    ]);
+    let err = fails(&test);
     assert!(err.contains("val_inst"), "{err}");
 }
 
