@@ -10,6 +10,7 @@ use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{header, HeaderName};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
 use spade_model::io::preprocess::DecodeLimits;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -118,6 +119,7 @@ pub async fn start_with_engine(
             max_side: 16384,
             max_pixels: config.max_pixels,
         },
+        decoders: Arc::new(tokio::sync::Semaphore::new(config.max_decoding)),
         request_timeout: config.request_timeout(),
         api_keys: config.all_api_keys()?,
         next_job: AtomicU64::new(0),
@@ -198,6 +200,9 @@ pub fn stop_on_signals(server: &RunningServer) {
 
 /// Refuses a body whose declared `Content-Length` is over the limit before reading any of
 /// it, so a client is told at once (and never gets `100 Continue` for it).
+/// How long a refused body is read and discarded (see [`read_body`]).
+const LINGER: Duration = Duration::from_secs(2);
+
 async fn read_body(limit: usize, timeout: Duration, req: Request, next: Next) -> Response {
     let declared = req
         .headers()
@@ -205,6 +210,16 @@ async fn read_body(limit: usize, timeout: Duration, req: Request, next: Next) ->
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
+        // Refused before reading. Unless it waits for `100 Continue`, the client is sending
+        // the body right now: reading and discarding it for a moment (never storing it)
+        // lets the client see this answer instead of a connection reset mid-write.
+        if !req.headers().contains_key(header::EXPECT) {
+            let mut body = req.into_body();
+            tokio::spawn(async move {
+                let drain = async { while let Some(Ok(_)) = body.frame().await {} };
+                let _ = tokio::time::timeout(LINGER, drain).await;
+            });
+        }
         return ApiError::PayloadTooLarge.into_response();
     }
     // The whole body within the deadline: a client that stalls or trickles does not hold a

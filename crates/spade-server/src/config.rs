@@ -75,6 +75,11 @@ pub struct ServerConfig {
     #[arg(long, env = "SPADE_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub max_body_bytes: usize,
 
+    /// Requests decoded and validated at once (each may take up to a few hundred MiB at
+    /// --max-pixels); the others wait, holding their queue place.
+    #[arg(long, env = "SPADE_MAX_DECODING", default_value_t = 4)]
+    pub max_decoding: usize,
+
     /// Largest decoded input image (width x height) in pixels.
     #[arg(long, env = "SPADE_MAX_PIXELS", default_value_t = 4096 * 4096)]
     pub max_pixels: u64,
@@ -198,6 +203,9 @@ impl ServerConfig {
         }
         if !(self.request_timeout > 0.0 && self.shutdown_grace >= 0.0) {
             bail!("--request-timeout must be positive and --shutdown-grace not negative");
+        }
+        if self.max_decoding == 0 {
+            bail!("--max-decoding must be at least 1");
         }
         if !(self.header_timeout > 0.0 && self.body_timeout > 0.0) {
             bail!("--header-timeout and --body-timeout must be positive");

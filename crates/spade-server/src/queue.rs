@@ -52,6 +52,25 @@ impl State {
     }
 }
 
+/// A reserved place in a model's queue (see [`Queue::reserve`]).
+pub struct Slot<'a> {
+    queue: &'a Queue,
+    model: usize,
+    /// A job took the place; from then on the queue accounts for it.
+    filled: bool,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if !self.filled {
+            let mut state = self.queue.lock();
+            *state.per_model.entry(self.model).or_default() -= 1;
+            self.queue.set_depth(&state, self.model);
+            drop(state);
+        }
+    }
+}
+
 impl Queue {
     pub fn new(
         model_names: Vec<String>,
@@ -85,25 +104,41 @@ impl Queue {
             .set(depth as i64);
     }
 
-    /// Enqueues a job, or says why it was refused.
-    pub fn push(&self, job: Job) -> Result<(), ApiError> {
+    /// Takes a place in `model`'s queue for a request that is still to be decoded, or says
+    /// why there is none: admission comes before the work of decoding, so a full queue
+    /// costs a refused request nothing. Dropping the slot gives the place back.
+    pub fn reserve(&self, model: usize) -> Result<Slot<'_>, ApiError> {
         let mut state = self.lock();
         if state.closed {
             return Err(ApiError::ShuttingDown);
         }
-        let model = job.model;
         let len = state.per_model.entry(model).or_default();
         if *len >= self.max_per_model {
             let name = self.model_names[model].clone();
             return Err(ApiError::QueueFull(name));
         }
         *len += 1;
+        self.set_depth(&state, model);
+        Ok(Slot {
+            queue: self,
+            model,
+            filled: false,
+        })
+    }
+
+    /// Enqueues a job in the place reserved for it.
+    pub fn push(&self, mut slot: Slot<'_>, job: Job) -> Result<(), ApiError> {
+        assert_eq!(slot.model, job.model, "a slot holds a job of its own model");
+        let mut state = self.lock();
+        if state.closed {
+            return Err(ApiError::ShuttingDown);
+        }
+        slot.filled = true;
         state
             .lanes
-            .entry((model, job.task.kind()))
+            .entry((job.model, job.task.kind()))
             .or_default()
             .push_back(job);
-        self.set_depth(&state, model);
         drop(state);
         self.wake.notify_one();
         Ok(())

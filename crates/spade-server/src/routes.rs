@@ -19,6 +19,7 @@ use tokio::sync::oneshot;
 use crate::error::ApiError;
 use crate::job::{BatchMeta, Done, Job, Outcome, Task};
 use crate::models::{self, ModelInfo};
+use crate::queue::Slot;
 use crate::state::AppState;
 use crate::worker::WarmUp;
 use crate::{page, request, validate};
@@ -210,18 +211,40 @@ impl AppState {
         let (index, info) = models::resolve(&self.models, model.as_deref())?;
         let name = info.name.clone();
         let seed = seed.unwrap_or_else(rand_seed);
+        // Admitted before decoding: a full queue refuses without the decode's memory and
+        // time, and at most `decoders` requests decode at once.
+        let slot = self
+            .queue
+            .reserve(index)
+            .inspect_err(|err| self.count_rejection(err))?;
+        let permit = self
+            .decoders
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ApiError::ShuttingDown)?;
         let app = self.clone();
-        let task =
-            tokio::task::spawn_blocking(move || validate(&app.models[index], seed, &app.limits))
-                .await
-                .map_err(|e| ApiError::Internal(format!("validation failed: {e}")))??;
-        Ok((name, seed, self.submit(index, task).await?))
+        let task = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            validate(&app.models[index], seed, &app.limits)
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("validation failed: {e}")))??;
+        Ok((name, seed, self.submit(slot, index, task).await?))
+    }
+
+    fn count_rejection(&self, err: &ApiError) {
+        let reason = match err {
+            ApiError::ShuttingDown => "shutting_down",
+            _ => "queue_full",
+        };
+        self.metrics.rejections.with_label_values(&[reason]).inc();
     }
 
     /// Queues a task and waits for its result. A request whose work has not started by
     /// the deadline is taken out of the queue and answered 504; a dropped request (client
     /// gone) takes its job out of the queue.
-    async fn submit(&self, model: usize, task: Task) -> Result<Done, ApiError> {
+    async fn submit(&self, slot: Slot<'_>, model: usize, task: Task) -> Result<Done, ApiError> {
         let (reply, rx) = oneshot::channel();
         let now = Instant::now();
         let id = self.next_job.fetch_add(1, Ordering::Relaxed);
@@ -234,12 +257,8 @@ impl AppState {
             deadline,
             reply,
         };
-        if let Err(err) = self.queue.push(job) {
-            let reason = match err {
-                ApiError::ShuttingDown => "shutting_down",
-                _ => "queue_full",
-            };
-            self.metrics.rejections.with_label_values(&[reason]).inc();
+        if let Err(err) = self.queue.push(slot, job) {
+            self.count_rejection(&err);
             return Err(err);
         }
         let guard = CancelOnDrop { app: self, id };

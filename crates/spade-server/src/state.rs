@@ -19,6 +19,8 @@ pub struct AppState {
     pub pool: WorkerPool,
     pub metrics: Metrics,
     pub limits: DecodeLimits,
+    /// Permits to decode and validate an input; bounds the memory that decoding takes.
+    pub decoders: Arc<tokio::sync::Semaphore>,
     pub request_timeout: Duration,
     pub api_keys: Vec<String>,
     pub next_job: AtomicU64,

@@ -926,6 +926,41 @@ async fn an_oversize_declared_body_is_refused_before_it_is_sent() {
     server.shutdown().await;
 }
 
+/// A full queue refuses a request before its input is decoded: an undecodable body gets
+/// 503 (queue full), not 422, while the queue is full, and 422 once it has room again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn admission_comes_before_decoding() {
+    let mut cfg = config(&[("vae", "vae_eval")]);
+    cfg.max_batch_size = 1;
+    cfg.max_batch_delay_ms = 0;
+    cfg.max_queue = 1;
+    let (server, base) = start(cfg).await;
+    let client = Client::new();
+    let label = fixture("vae_eval", "label_0.png");
+    let url = format!("{base}/v1/synthesize?model=vae");
+    let send = |body: Vec<u8>| {
+        let (client, url) = (client.clone(), url.clone());
+        tokio::spawn(async move { post_png(&client, &url, body).await.status() })
+    };
+    // One running, one queued: the queue is full.
+    let running = send(label.clone());
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let queued = send(label.clone());
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let garbage = b"\x89PNG\r\n\x1a\nnot really".to_vec();
+    assert_eq!(
+        send(garbage.clone()).await.unwrap(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(running.await.unwrap(), StatusCode::OK);
+    assert_eq!(queued.await.unwrap(), StatusCode::OK);
+    assert_eq!(
+        send(garbage).await.unwrap(),
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    server.shutdown().await;
+}
+
 /// Slow and idle clients are dropped: a socket that sends nothing or half a request line is
 /// closed after `--header-timeout`, and a body that stalls gets 408 after `--body-timeout`;
 /// meanwhile the server keeps answering others.
