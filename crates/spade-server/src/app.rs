@@ -120,17 +120,18 @@ pub async fn start_with_engine(
             max_pixels: config.max_pixels,
         },
         decoders: Arc::new(tokio::sync::Semaphore::new(config.max_decoding)),
+        max_body_bytes: config.max_body_bytes,
+        body_timeout: config.body_timeout(),
         request_timeout: config.request_timeout(),
         api_keys: config.all_api_keys()?,
         next_job: AtomicU64::new(0),
         draining: AtomicBool::new(false),
     });
     let limit = config.max_body_bytes;
-    let body_timeout = config.body_timeout();
     let app = routes::router(state.clone())
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn(move |req: Request, next: Next| {
-            read_body(limit, body_timeout, req, next)
+            refuse_declared_oversize(limit, req, next)
         }))
         .layer(cors(&config.cors_origins));
     let header_timeout = config.header_timeout();
@@ -200,10 +201,10 @@ pub fn stop_on_signals(server: &RunningServer) {
 
 /// Refuses a body whose declared `Content-Length` is over the limit before reading any of
 /// it, so a client is told at once (and never gets `100 Continue` for it).
-/// How long a refused body is read and discarded (see [`read_body`]).
+/// How long a refused body is read and discarded (see [`refuse_declared_oversize`]).
 const LINGER: Duration = Duration::from_secs(2);
 
-async fn read_body(limit: usize, timeout: Duration, req: Request, next: Next) -> Response {
+async fn refuse_declared_oversize(limit: usize, req: Request, next: Next) -> Response {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -222,31 +223,7 @@ async fn read_body(limit: usize, timeout: Duration, req: Request, next: Next) ->
         }
         return ApiError::PayloadTooLarge.into_response();
     }
-    // The whole body within the deadline: a client that stalls or trickles does not hold a
-    // connection (and its buffer) for longer.
-    let (parts, body) = req.into_parts();
-    let bytes = match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
-        Err(_) => return ApiError::BodyTimeout(timeout.as_secs_f64()).into_response(),
-        Ok(Err(err)) if is_length_limit(&err) => return ApiError::PayloadTooLarge.into_response(),
-        Ok(Err(err)) => {
-            return ApiError::BadRequest(format!("cannot read the request body: {err}"))
-                .into_response()
-        }
-        Ok(Ok(bytes)) => bytes,
-    };
-    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
-        .await
-}
-
-fn is_length_limit(err: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = source {
-        if e.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        source = e.source();
-    }
-    false
+    next.run(req).await
 }
 
 /// Accepts connections until `drained` resolves, then waits for the open ones to finish.

@@ -33,6 +33,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/synthesize", post(synthesize))
         .route("/v1/encode-style", post(encode_style))
         .route("/v1/models", get(list_models))
+        // Inside the key check: a client without a key never gets a body buffered.
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            read_body_in_time,
+        ))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_api_key,
@@ -169,6 +174,36 @@ async fn observe(State(app): State<Arc<AppState>>, req: Request, next: Next) -> 
         .with_label_values(&[&route])
         .observe(start.elapsed().as_secs_f64());
     response
+}
+
+/// Reads the whole body within `--body-timeout`: a client that stalls or trickles does not
+/// hold a connection (and its buffer) for longer. Over `--max-body-bytes` (a chunked body,
+/// which declares no length) is 413.
+async fn read_body_in_time(State(app): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let read = axum::body::to_bytes(body, app.max_body_bytes);
+    let bytes = match tokio::time::timeout(app.body_timeout, read).await {
+        Err(_) => return ApiError::BodyTimeout(app.body_timeout.as_secs_f64()).into_response(),
+        Ok(Err(err)) if is_length_limit(&err) => return ApiError::PayloadTooLarge.into_response(),
+        Ok(Err(err)) => {
+            return ApiError::BadRequest(format!("cannot read the request body: {err}"))
+                .into_response()
+        }
+        Ok(Ok(bytes)) => bytes,
+    };
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await
+}
+
+fn is_length_limit(err: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// `Authorization: Bearer KEY` (the scheme in any case, as RFC 9110 has it) or

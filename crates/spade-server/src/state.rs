@@ -21,6 +21,9 @@ pub struct AppState {
     pub limits: DecodeLimits,
     /// Permits to decode and validate an input; bounds the memory that decoding takes.
     pub decoders: Arc<tokio::sync::Semaphore>,
+    pub max_body_bytes: usize,
+    /// Time a client has to send a whole request body.
+    pub body_timeout: Duration,
     pub request_timeout: Duration,
     pub api_keys: Vec<String>,
     pub next_job: AtomicU64,

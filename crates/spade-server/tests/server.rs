@@ -961,6 +961,41 @@ async fn admission_comes_before_decoding() {
     server.shutdown().await;
 }
 
+/// Without a valid key no body is read or buffered: a request that declares 1000 bytes and
+/// sends 10 is answered 401 at once, not after the body deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bodies_are_read_only_after_the_key_check() {
+    use std::io::{Read, Write};
+    let mut cfg = config(&[("coco", "gen_coco_eval")]);
+    cfg.api_keys = vec!["secret".into()];
+    cfg.body_timeout = 30.0;
+    let (server, base) = start(cfg).await;
+    let addr = base.trim_start_matches("http://").to_string();
+    let (reply, waited) = tokio::task::spawn_blocking(move || {
+        let mut socket = std::net::TcpStream::connect(&addr).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let started = std::time::Instant::now();
+        let head = "POST /v1/synthesize HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n\
+                    Content-Length: 1000\r\n\r\n0123456789";
+        socket.write_all(head.as_bytes()).unwrap();
+        let mut reply = vec![0u8; 4096];
+        let n = socket
+            .read(&mut reply)
+            .expect("answered before the body is complete");
+        (
+            String::from_utf8_lossy(&reply[..n]).to_string(),
+            started.elapsed(),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(reply.starts_with("HTTP/1.1 401"), "{reply}");
+    assert!(waited < Duration::from_secs(5), "answered after {waited:?}");
+    server.shutdown().await;
+}
+
 /// Slow and idle clients are dropped: a socket that sends nothing or half a request line is
 /// closed after `--header-timeout`, and a body that stalls gets 408 after `--body-timeout`;
 /// meanwhile the server keeps answering others.
