@@ -44,7 +44,7 @@ pub fn run(args: Args) -> Result<()> {
         dims,
         &candle_core::Device::Cpu,
     )?;
-    let stats = |kind: &str| fid::statistics_of(&model, &images.join(kind), 50, |_| {});
+    let stats = |kind: &str| fid::statistics_of(&model, &images.join(kind), 50, |_, _| {});
     let distance = fid::frechet_distance(&stats(SYNTHESIZED)?, &stats(REAL)?)?;
     let segmentation = match &args.pred {
         Some(pred) => {

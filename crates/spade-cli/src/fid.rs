@@ -90,15 +90,16 @@ pub fn run(args: Args) -> Result<()> {
 
     let mut stats = Vec::new();
     for path in [first, second] {
-        let count = if path.is_dir() {
-            images::list(path)?.len()
-        } else {
-            0
-        };
-        let bar = progress(count, &path.display().to_string());
-        stats.push(fid::statistics_of(&model, path, args.batch_size, |done| {
-            bar.set_position(done as u64)
-        })?);
+        let bar = progress(0, &path.display().to_string());
+        stats.push(fid::statistics_of(
+            &model,
+            path,
+            args.batch_size,
+            |done, total| {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64)
+            },
+        )?);
         bar.finish_and_clear();
     }
     let d = fid::frechet_distance(&stats[0], &stats[1])?;

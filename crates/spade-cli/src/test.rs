@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device};
+use candle_core::DType;
 use indicatif::{ProgressBar, ProgressStyle};
 use spade_model::io::config::parse_option_lines;
 use spade_model::io::palette::voc_colour;
@@ -63,15 +63,6 @@ impl Args {
     pub fn name(&self) -> &str {
         &self.name
     }
-}
-
-fn device(gpu_ids: &str) -> Result<Device> {
-    let spec = match gpu_ids.trim() {
-        "-1" => "cpu".to_string(),
-        id if id.parse::<usize>().is_ok() => format!("cuda:{id}"),
-        other => bail!("--gpu_ids {other}: expected -1 (CPU) or one GPU id"),
-    };
-    crate::parse_device(&spec).with_context(|| format!("--gpu_ids {gpu_ids} (pass -1 for the CPU)"))
 }
 
 /// The dataset options of the run: flags first, then the experiment's `opt.txt`.
@@ -170,7 +161,7 @@ pub fn synthesize_split(args: &Args, label_ids: bool) -> Result<TestRun> {
     let opt_text = std::fs::read_to_string(&opt_path)
         .with_context(|| format!("cannot read {} (is --name right?)", opt_path.display()))?;
     let opt = parse_option_lines(&opt_text).with_context(|| opt_path.display().to_string())?;
-    let device = device(&args.gpu_ids)?;
+    let device = spade_model::model::gpu_device(&args.gpu_ids)?;
     let checkpoint = Checkpoint::open_epoch(&experiment, &args.which_epoch)?;
     let model = SpadeModel::from_checkpoint(&checkpoint, &device, DType::F32)?;
     let source = data_source(args, &opt, &model.config.dataset_mode);
@@ -207,8 +198,9 @@ pub fn synthesize_split(args: &Args, label_ids: bool) -> Result<TestRun> {
             Some(_) => Some(model.style_from_image(&loaded.batch.image, chunk[0] as u64)?),
             None => None,
         };
-        let fakes = to_rgb8(&model.synthesize(&loaded.batch.semantics, z.as_ref())?)?;
-        let reals = to_rgb8(&loaded.batch.image)?;
+        let mut fakes =
+            to_rgb8(&model.synthesize(&loaded.batch.semantics, z.as_ref())?)?.into_iter();
+        let mut reals = to_rgb8(&loaded.batch.image)?.into_iter();
         for (k, &i) in chunk.iter().enumerate() {
             let sample = &dataset.samples()[i];
             let stem = sample
@@ -224,11 +216,11 @@ pub fn synthesize_split(args: &Args, label_ids: bool) -> Result<TestRun> {
                 &dir.join(kinds[0]).join(&file),
             )?;
             save(
-                &rgb_image(fakes[k].clone()),
+                &rgb_image(fakes.next().expect("one image per sample")),
                 &dir.join(kinds[1]).join(&file),
             )?;
             save(
-                &rgb_image(reals[k].clone()),
+                &rgb_image(reals.next().expect("one image per sample")),
                 &dir.join(kinds[2]).join(&file),
             )?;
             if label_ids {

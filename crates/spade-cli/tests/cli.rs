@@ -436,25 +436,29 @@ fn coco_val_split(root: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     (root.join("checkpoints"), data)
 }
 
+/// The `spade test` flags for [`coco_val_split`]'s experiment, writing under `results`.
+fn split_flags<'a>(checkpoints: &'a Path, data: &'a Path, results: &'a Path) -> [&'a str; 10] {
+    [
+        "--name",
+        "cocoeval",
+        "--checkpoints_dir",
+        s(checkpoints),
+        "--dataroot",
+        s(data),
+        "--results_dir",
+        s(results),
+        "--gpu_ids",
+        "-1",
+    ]
+}
+
 #[test]
 fn test_writes_the_official_results_folder() {
     let case = fixtures().join("gen_coco_eval");
     let tmp = tempfile::tempdir().unwrap();
     let (checkpoints, data) = coco_val_split(tmp.path());
     let results = tmp.path().join("results");
-    let test = [
-        "test",
-        "--name",
-        "cocoeval",
-        "--checkpoints_dir",
-        s(&checkpoints),
-        "--dataroot",
-        s(&data),
-        "--results_dir",
-        s(&results),
-        "--gpu_ids",
-        "-1",
-    ];
+    let test = [&["test"], &split_flags(&checkpoints, &data, &results)[..]].concat();
     ok(&[&test[..], &["--batchSize", "2"]].concat());
     let web = results.join("cocoeval/test_latest");
     let expected = Tensor::read_npy(case.join("output.npy")).unwrap();
@@ -519,18 +523,7 @@ fn evaluate_prints_a_table_row_and_writes_metrics() {
     let (checkpoints, data) = coco_val_split(tmp.path());
     let results = tmp.path().join("results");
     let weights = fixtures().join("fid/pt_inception-random.pth");
-    let test = [
-        "--name",
-        "cocoeval",
-        "--checkpoints_dir",
-        s(&checkpoints),
-        "--dataroot",
-        s(&data),
-        "--results_dir",
-        s(&results),
-        "--gpu_ids",
-        "-1",
-    ];
+    let test = split_flags(&checkpoints, &data, &results);
     // Perfect predictions: the label ids a first run writes.
     ok(&[
         &["evaluate"],

@@ -2,20 +2,17 @@
 //! Inception weights in the real key layout (the fixture README gives the float32 floors the
 //! tolerances below sit on).
 
-use std::path::{Path, PathBuf};
+#[path = "../../spade-model/tests/common/mod.rs"]
+mod common;
+
+use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
 use serde_json::Value;
 use spade_eval::fid::{self, images, npy, resize, Dims, FidInception, Statistics};
 
 fn fixtures() -> PathBuf {
-    let root = std::env::var_os("SPADE_FIXTURES").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures"),
-        PathBuf::from,
-    );
-    let dir = root.join("fid");
-    assert!(dir.is_dir(), "missing fixtures: {}", dir.display());
-    dir
+    common::case("fid")
 }
 
 fn expected() -> Value {
@@ -176,7 +173,7 @@ fn dims_64_features_and_fid_through_folders_and_npz() {
         let dir = tempfile::tempdir().unwrap();
         let npz = dir.path().join("s1.npz");
         stats[0].write_npz(&npz).unwrap();
-        let loaded = fid::statistics_of(&model, &npz, 4, |_| {}).unwrap();
+        let loaded = fid::statistics_of(&model, &npz, 4, |_, _| {}).unwrap();
         let again = fid::frechet_distance(&loaded, &stats[1]).unwrap().fid;
         assert_eq!(again, ours);
     }

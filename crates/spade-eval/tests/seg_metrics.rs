@@ -1,19 +1,16 @@
 //! mIoU / accuracy against `fixtures/seg_metrics` (expected values by a numpy reference,
 //! cross-checked with mmsegmentation's formula and torchmetrics).
 
-use std::path::{Path, PathBuf};
+#[path = "../../spade-model/tests/common/mod.rs"]
+mod common;
+
+use std::path::PathBuf;
 
 use serde_json::Value;
 use spade_eval::seg_metrics::compare_folders;
 
 fn fixtures() -> PathBuf {
-    let root = std::env::var_os("SPADE_FIXTURES").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures"),
-        PathBuf::from,
-    );
-    let dir = root.join("seg_metrics");
-    assert!(dir.is_dir(), "missing fixtures: {}", dir.display());
-    dir
+    common::case("seg_metrics")
 }
 
 /// The fixture's `gt_k.png` / `pred_k.png` as two folders paired by stem `k`.

@@ -123,6 +123,27 @@ pub fn parse_device(spec: &str) -> Result<Device> {
     Device::new_cuda(index).map_err(|e| Error::config("device", format!("`{spec}`: {e}")))
 }
 
+/// The official `--gpu_ids`: `-1` is the CPU, one id is that GPU. Several ids are refused:
+/// one process drives one GPU (data-parallel training runs one process per GPU).
+pub fn gpu_device(gpu_ids: &str) -> Result<Device> {
+    match gpu_ids.trim() {
+        "-1" | "" => Ok(Device::Cpu),
+        id if id.parse::<usize>().is_ok() => parse_device(&format!("cuda:{id}")).map_err(|e| {
+            Error::config(
+                "gpu_ids",
+                format!("GPU {id}: {e} (pass --gpu_ids -1 for the CPU)"),
+            )
+        }),
+        other => Err(Error::config(
+            "gpu_ids",
+            format!(
+                "`{other}`: give one GPU id per process (or -1 for the CPU); for several GPUs \
+                 start one process per GPU with WORLD_SIZE / RANK / LOCAL_RANK set"
+            ),
+        )),
+    }
+}
+
 /// `n x dim` standard-normal samples from a portable, seeded generator.
 pub fn standard_normal(seed: u64, n: usize, dim: usize, device: &Device) -> Result<Tensor> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);

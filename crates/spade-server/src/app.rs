@@ -199,11 +199,11 @@ pub fn stop_on_signals(server: &RunningServer) {
     });
 }
 
-/// Refuses a body whose declared `Content-Length` is over the limit before reading any of
-/// it, so a client is told at once (and never gets `100 Continue` for it).
 /// How long a refused body is read and discarded (see [`refuse_declared_oversize`]).
 const LINGER: Duration = Duration::from_secs(2);
 
+/// Refuses a body whose declared `Content-Length` is over the limit before reading any of
+/// it, so a client is told at once (and never gets `100 Continue` for it).
 async fn refuse_declared_oversize(limit: usize, req: Request, next: Next) -> Response {
     let declared = req
         .headers()

@@ -289,6 +289,9 @@ mod tests {
     fn zero_sizes_are_refused() {
         assert!(parse(&["--max-batch-size", "0"]).validate().is_err());
         assert!(parse(&["--request-timeout", "0"]).validate().is_err());
+        assert!(parse(&["--max-decoding", "0"]).validate().is_err());
+        assert!(parse(&["--header-timeout", "0"]).validate().is_err());
+        assert!(parse(&["--body-timeout", "0"]).validate().is_err());
         assert!(parse(&[]).validate().is_ok());
     }
 }

@@ -60,13 +60,18 @@ pub struct Slot<'a> {
     filled: bool,
 }
 
+impl Slot<'_> {
+    pub fn model(&self) -> usize {
+        self.model
+    }
+}
+
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
         if !self.filled {
             let mut state = self.queue.lock();
             *state.per_model.entry(self.model).or_default() -= 1;
             self.queue.set_depth(&state, self.model);
-            drop(state);
         }
     }
 }
@@ -126,9 +131,9 @@ impl Queue {
         })
     }
 
-    /// Enqueues a job in the place reserved for it.
+    /// Enqueues a job in the place reserved for it (`job.model` is the slot's).
     pub fn push(&self, mut slot: Slot<'_>, job: Job) -> Result<(), ApiError> {
-        assert_eq!(slot.model, job.model, "a slot holds a job of its own model");
+        debug_assert_eq!(slot.model, job.model, "a slot holds a job of its own model");
         let mut state = self.lock();
         if state.closed {
             return Err(ApiError::ShuttingDown);

@@ -265,7 +265,7 @@ impl AppState {
         })
         .await
         .map_err(|e| ApiError::Internal(format!("validation failed: {e}")))??;
-        Ok((name, seed, self.submit(slot, index, task).await?))
+        Ok((name, seed, self.submit(slot, task).await?))
     }
 
     fn count_rejection(&self, err: &ApiError) {
@@ -279,7 +279,8 @@ impl AppState {
     /// Queues a task and waits for its result. A request whose work has not started by
     /// the deadline is taken out of the queue and answered 504; a dropped request (client
     /// gone) takes its job out of the queue.
-    async fn submit(&self, slot: Slot<'_>, model: usize, task: Task) -> Result<Done, ApiError> {
+    async fn submit(&self, slot: Slot<'_>, task: Task) -> Result<Done, ApiError> {
+        let model = slot.model();
         let (reply, rx) = oneshot::channel();
         let now = Instant::now();
         let id = self.next_job.fetch_add(1, Ordering::Relaxed);

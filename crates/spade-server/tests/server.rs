@@ -28,6 +28,15 @@ fn config(models: &[(&str, &str)]) -> ServerConfig {
     <ServerConfig as clap::Parser>::parse_from(args)
 }
 
+/// The VAE model running one request at a time (about a second each), `max_queue` waiting.
+fn one_at_a_time(max_queue: usize) -> ServerConfig {
+    let mut cfg = config(&[("vae", "vae_eval")]);
+    cfg.max_batch_size = 1;
+    cfg.max_batch_delay_ms = 0;
+    cfg.max_queue = max_queue;
+    cfg
+}
+
 async fn start(config: ServerConfig) -> (RunningServer, String) {
     let server = spade_server::start(config).await.expect("server starts");
     let base = format!("http://{}", server.addr);
@@ -229,10 +238,7 @@ async fn concurrent_requests_share_batches_and_stay_deterministic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn overload_timeout_and_cancellation() {
-    let mut cfg = config(&[("vae", "vae_eval")]);
-    cfg.max_batch_size = 1;
-    cfg.max_batch_delay_ms = 0;
-    cfg.max_queue = 2;
+    let mut cfg = one_at_a_time(2);
     cfg.request_timeout = 0.25;
     let (server, base) = start(cfg).await;
     let client = Client::new();
@@ -930,11 +936,7 @@ async fn an_oversize_declared_body_is_refused_before_it_is_sent() {
 /// 503 (queue full), not 422, while the queue is full, and 422 once it has room again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn admission_comes_before_decoding() {
-    let mut cfg = config(&[("vae", "vae_eval")]);
-    cfg.max_batch_size = 1;
-    cfg.max_batch_delay_ms = 0;
-    cfg.max_queue = 1;
-    let (server, base) = start(cfg).await;
+    let (server, base) = start(one_at_a_time(1)).await;
     let client = Client::new();
     let label = fixture("vae_eval", "label_0.png");
     let url = format!("{base}/v1/synthesize?model=vae");

@@ -53,12 +53,12 @@ pub fn activations(
 }
 
 /// The statistics of `path`: a folder of images, or an `.npz` of statistics as pytorch-fid
-/// saves them.
+/// saves them. `progress` hears (images done, images in the folder) after each batch.
 pub fn statistics_of(
     model: &FidInception,
     path: &Path,
     batch_size: usize,
-    progress: impl FnMut(usize),
+    mut progress: impl FnMut(usize, usize),
 ) -> Result<Statistics> {
     if path.is_file() && path.extension().is_some_and(|e| e == "npz") {
         let stats = Statistics::read_npz(path)?;
@@ -77,6 +77,8 @@ pub fn statistics_of(
         path.display()
     );
     let files = images::list(path)?;
-    let features = activations(model, &files, batch_size, progress)?;
+    let features = activations(model, &files, batch_size, |done| {
+        progress(done, files.len())
+    })?;
     Statistics::from_activations(&features, files.len(), model.dims().size())
 }

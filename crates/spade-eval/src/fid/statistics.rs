@@ -100,6 +100,26 @@ mod tests {
     }
 
     #[test]
+    fn npz_files_that_do_not_hold_statistics_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.npz");
+        let write = |members: &[(&str, Vec<u8>)]| npy::write_npz(&path, members).unwrap();
+        let error = || format!("{:#}", Statistics::read_npz(&path).unwrap_err());
+        write(&[("mu", npy::encode_f64(&[2], &[0.0; 2]))]);
+        assert!(error().contains("no array `sigma`"), "{}", error());
+        write(&[
+            ("mu", npy::encode_f64(&[2], &[0.0; 2])),
+            ("sigma", npy::encode_f64(&[3, 3], &[0.0; 9])),
+        ]);
+        assert!(error().contains("expected [2, 2]"), "{}", error());
+        write(&[
+            ("mu", npy::encode_f64(&[1], &[f64::NAN])),
+            ("sigma", npy::encode_f64(&[1, 1], &[1.0])),
+        ]);
+        assert!(error().contains("non-finite"), "{}", error());
+    }
+
+    #[test]
     fn npz_round_trip_keeps_every_bit() {
         let s =
             Statistics::from_activations(&[1.0, 2.5, 3.0, 6.0, 5.0, 7.25, 0.1, 0.2], 4, 2).unwrap();

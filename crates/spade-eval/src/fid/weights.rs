@@ -104,3 +104,37 @@ impl Weights {
         Ok(values)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_misshapen_and_non_finite_tensors_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.safetensors");
+        let device = candle_core::Device::Cpu;
+        let tensors = HashMap::from([
+            (
+                "a".to_string(),
+                Tensor::zeros((2, 3), candle_core::DType::F32, &device).unwrap(),
+            ),
+            (
+                "b".to_string(),
+                Tensor::new(&[1.0f32, f32::INFINITY], &device).unwrap(),
+            ),
+        ]);
+        candle_core::safetensors::save(&tensors, &path).unwrap();
+        let w = Weights::read(&path).unwrap();
+        assert_eq!(w.get("a", &[2, 3]).unwrap(), vec![0.0; 6]);
+        let err = w.get("a", &[3, 2]).unwrap_err().to_string();
+        assert!(
+            err.contains("`a` has shape [2, 3], expected [3, 2]"),
+            "{err}"
+        );
+        let err = w.get("c", &[1]).unwrap_err().to_string();
+        assert!(err.contains("no tensor `c`"), "{err}");
+        let err = w.get("b", &[2]).unwrap_err().to_string();
+        assert!(err.contains("`b` holds inf at index 1"), "{err}");
+    }
+}

@@ -12,32 +12,11 @@ use std::sync::Arc;
 
 use candle_core::Device;
 use clap::Parser;
-use spade_model::model::parse_device;
+use spade_model::model::{gpu_device, parse_device};
 use spade_model::train::collective::Collective;
 use spade_model::train::options::TrainOptions;
 use spade_model::train::run::train;
 use spade_model::{Error, Result};
-
-/// `--gpu_ids`: `-1` is the CPU; one id is that GPU. Several ids in one process are refused:
-/// data-parallel training runs one process per GPU.
-fn device(gpu_ids: &str) -> Result<Device> {
-    match gpu_ids.trim() {
-        "-1" | "" => Ok(Device::Cpu),
-        id if id.parse::<usize>().is_ok() => parse_device(&format!("cuda:{id}")).map_err(|e| {
-            Error::config(
-                "gpu_ids",
-                format!("GPU {id}: {e} (pass --gpu_ids -1 to train on the CPU)"),
-            )
-        }),
-        other => Err(Error::config(
-            "gpu_ids",
-            format!(
-                "`{other}`: give one GPU id per process (or -1 for the CPU); for several GPUs \
-                 start one process per GPU with WORLD_SIZE / RANK / LOCAL_RANK set"
-            ),
-        )),
-    }
-}
 
 fn env_number(names: &[&str]) -> Result<Option<usize>> {
     for name in names {
@@ -55,7 +34,7 @@ fn env_number(names: &[&str]) -> Result<Option<usize>> {
 fn setup(options: &TrainOptions) -> Result<(Device, Option<Arc<dyn Collective>>)> {
     let world = env_number(&["WORLD_SIZE"])?.unwrap_or(1);
     if world <= 1 {
-        return Ok((device(&options.gpu_ids)?, None));
+        return Ok((gpu_device(&options.gpu_ids)?, None));
     }
     let rank = env_number(&["RANK", "JOB_COMPLETION_INDEX"])?.unwrap_or(0);
     let local_rank = env_number(&["LOCAL_RANK"])?.unwrap_or(rank);
