@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use candle_core::Device;
 use clap::Parser;
-use spade_model::model::{gpu_device, parse_device};
+use spade_model::model::gpu_device;
 use spade_model::train::collective::Collective;
 use spade_model::train::options::TrainOptions;
 use spade_model::train::run::train;
@@ -48,7 +48,7 @@ fn join_group(
     local_rank: usize,
     world: usize,
 ) -> Result<(Device, Option<Arc<dyn Collective>>)> {
-    let device = parse_device(&format!("cuda:{local_rank}"))?;
+    let device = spade_model::model::parse_device(&format!("cuda:{local_rank}"))?;
     let id_file = std::env::var_os("SPADE_NCCL_ID_FILE")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| options.experiment_dir().join("nccl_id"));
