@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use spade_eval::fid::{self, images, npy, weights, Dims, FidInception, Statistics};
 
 #[derive(clap::Args)]
@@ -42,16 +41,6 @@ pub struct Args {
     json: bool,
 }
 
-fn progress(total: usize, what: &str) -> ProgressBar {
-    let bar = ProgressBar::new(total as u64).with_message(what.to_string());
-    bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} images ({per_sec}, {eta})")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    bar
-}
-
 pub fn run(args: Args) -> Result<()> {
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
@@ -67,7 +56,7 @@ pub fn run(args: Args) -> Result<()> {
             bail!("{}: expected a folder of images", first.display());
         }
         let files = images::list(first)?;
-        let bar = progress(files.len(), &first.display().to_string());
+        let bar = crate::image_progress(files.len(), &first.display().to_string());
         let features = fid::activations(&model, &files, args.batch_size, |done| {
             bar.set_position(done as u64)
         })?;
@@ -90,7 +79,7 @@ pub fn run(args: Args) -> Result<()> {
 
     let mut stats = Vec::new();
     for path in [first, second] {
-        let bar = progress(0, &path.display().to_string());
+        let bar = crate::image_progress(0, &path.display().to_string());
         stats.push(fid::statistics_of(
             &model,
             path,

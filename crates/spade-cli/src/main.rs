@@ -68,6 +68,19 @@ fn main() {
     }
 }
 
+/// A progress bar over `total` images, labelled `what`.
+pub fn image_progress(total: usize, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total as u64).with_message(what.to_string());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {pos}/{len} images ({per_sec}, {eta})",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar
+}
+
 /// `cpu` or `cuda:N`.
 pub fn parse_device(spec: &str) -> Result<Device> {
     Ok(spade_model::model::parse_device(spec)?)

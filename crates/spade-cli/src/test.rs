@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::DType;
-use indicatif::{ProgressBar, ProgressStyle};
 use spade_model::io::config::parse_option_lines;
 use spade_model::io::palette::voc_colour;
 use spade_model::io::preprocess::{to_rgb8, IdMap};
@@ -182,13 +181,8 @@ pub fn synthesize_split(args: &Args, label_ids: bool) -> Result<TestRun> {
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let classes = model.config.label_nc + 2;
-    let bar = ProgressBar::new(count as u64);
-    bar.set_style(
-        ProgressStyle::with_template("test [{bar:30}] {pos}/{len} images ({per_sec}, {eta})")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
+    let classes = label_nc + 2;
+    let bar = crate::image_progress(count, "test");
     let mut stems = Vec::with_capacity(count);
     let indices: Vec<usize> = (0..count).collect();
     for chunk in indices.chunks(args.batch_size) {
