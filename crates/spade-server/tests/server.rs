@@ -37,6 +37,18 @@ fn one_at_a_time(max_queue: usize) -> ServerConfig {
     cfg
 }
 
+/// The COCO fixture model served through `wrap(engine)`: failures injected into the engine.
+async fn start_wrapped<E: Engine + 'static>(wrap: impl FnOnce(ModelEngine) -> E) -> RunningServer {
+    let cfg = config(&[("coco", "gen_coco_eval")]);
+    let specs = cfg.model_specs().unwrap();
+    let (infos, weights) =
+        spade_server::models::load(&specs, &[Device::Cpu], candle_core::DType::F32).unwrap();
+    let engine: Arc<dyn Engine> = Arc::new(wrap(ModelEngine::new(weights)));
+    spade_server::start_with_engine(cfg, infos, engine, 1)
+        .await
+        .unwrap()
+}
+
 async fn start(config: ServerConfig) -> (RunningServer, String) {
     let server = spade_server::start(config).await.expect("server starts");
     let base = format!("http://{}", server.addr);
@@ -661,14 +673,7 @@ impl Engine for Flaky {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_panicking_batch_fails_alone_and_the_worker_is_replaced() {
-    let cfg = config(&[("coco", "gen_coco_eval")]);
-    let specs = cfg.model_specs().unwrap();
-    let (infos, weights) =
-        spade_server::models::load(&specs, &[Device::Cpu], candle_core::DType::F32).unwrap();
-    let engine = Arc::new(Flaky(ModelEngine::new(weights)));
-    let server = spade_server::start_with_engine(cfg, infos, engine, 1)
-        .await
-        .unwrap();
+    let server = start_wrapped(Flaky).await;
     let base = format!("http://{}", server.addr);
     wait_ready(&base).await;
     let client = Client::new();
@@ -1069,14 +1074,7 @@ impl Engine for BrokenWarmUp {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failed_warm_up_is_never_ready_and_start_up_reports_it() {
-    let cfg = config(&[("coco", "gen_coco_eval")]);
-    let specs = cfg.model_specs().unwrap();
-    let (infos, weights) =
-        spade_server::models::load(&specs, &[Device::Cpu], candle_core::DType::F32).unwrap();
-    let engine = Arc::new(BrokenWarmUp(ModelEngine::new(weights)));
-    let server = spade_server::start_with_engine(cfg, infos, engine, 1)
-        .await
-        .unwrap();
+    let server = start_wrapped(BrokenWarmUp).await;
     let err = server.warmed_up().await.unwrap_err().to_string();
     assert!(err.contains("warm-up"), "{err}");
     let base = format!("http://{}", server.addr);
