@@ -6,8 +6,9 @@
 //! the BatchNorm is folded into the convolution's weights and bias, in float64.
 
 use anyhow::Result;
-use candle_core::{Device, Module, Tensor, D};
-use spade_model::nets::layers::Conv2d;
+use candle_core::{Device, Tensor, D};
+use spade_model::ops::conv::CpuConv2d;
+use spade_model::ops::pool::{Pool2d, PoolKind};
 
 use super::resize::SIDE;
 use super::weights::Weights;
@@ -54,12 +55,15 @@ struct BasicConv {
 }
 
 enum Conv {
-    /// Square kernels with equal padding on both axes: the model crate's convolution.
-    Square(Conv2d),
-    /// `1 x n` / `n x 1` kernels: padded explicitly, then candle's conv2d.
-    Rect {
+    /// On the CPU: the model crate's convolution (im2col or Winograd, no copy for 1 x 1
+    /// kernels) with the ReLU in the same pass.
+    Cpu(CpuConv2d),
+    /// Elsewhere: explicit padding (the `1 x n` / `n x 1` kernels pad the axes differently),
+    /// candle's conv2d, bias, ReLU.
+    Candle {
         weight: Tensor,
         bias: Tensor,
+        stride: usize,
         pad: (usize, usize),
     },
 }
@@ -134,12 +138,16 @@ impl BasicConv {
         }
         let weight = Tensor::from_vec(folded, (s.cout, s.cin, kh, kw), device)?;
         let bias = Tensor::from_vec(bias, s.cout, device)?;
-        let conv = if kh == kw && s.pad.0 == s.pad.1 {
-            Conv::Square(Conv2d::from_weights(weight, Some(bias), s.stride, s.pad.0)?)
+        let conv = if device.is_cpu() {
+            Conv::Cpu(
+                CpuConv2d::rectangular(&weight, Some(&bias), s.stride, [s.pad.0, s.pad.1])?
+                    .with_relu(),
+            )
         } else {
-            Conv::Rect {
+            Conv::Candle {
                 weight,
                 bias: bias.reshape((1, s.cout, 1, 1))?,
+                stride: s.stride,
                 pad: s.pad,
             }
         };
@@ -147,15 +155,20 @@ impl BasicConv {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = match &self.conv {
-            Conv::Square(conv) => conv.forward(x)?,
-            Conv::Rect { weight, bias, pad } => x
+        Ok(match &self.conv {
+            Conv::Cpu(conv) => x.contiguous()?.apply_op1_no_bwd(conv)?,
+            Conv::Candle {
+                weight,
+                bias,
+                stride,
+                pad,
+            } => x
                 .pad_with_zeros(2, pad.0, pad.0)?
                 .pad_with_zeros(3, pad.1, pad.1)?
-                .conv2d(weight, 0, 1, 1, 1)?
-                .broadcast_add(bias)?,
-        };
-        Ok(y.relu()?)
+                .conv2d(weight, 0, *stride, 1, 1)?
+                .broadcast_add(bias)?
+                .relu()?,
+        })
     }
 }
 
@@ -181,12 +194,40 @@ fn seq(convs: &[BasicConv], x: &Tensor) -> Result<Tensor> {
     convs.iter().try_fold(x.clone(), |x, c| c.forward(&x))
 }
 
+/// A 3 x 3 pool: on the CPU in one pass ([`Pool2d`]), elsewhere through candle.
+fn pool_3x3(x: &Tensor, kind: PoolKind, stride: usize, padding: usize) -> Result<Tensor> {
+    if x.device().is_cpu() {
+        let op = Pool2d {
+            kind,
+            kernel: 3,
+            stride,
+            padding,
+        };
+        return Ok(x.contiguous()?.apply_op1_no_bwd(&op)?);
+    }
+    match (kind, padding) {
+        (PoolKind::Max, 0) => Ok(x.max_pool2d_with_stride(3, stride)?),
+        (PoolKind::Max, _) => max_pool_3x3_same(x),
+        (PoolKind::Average, _) => avg_pool_3x3_exclude_pad(x),
+    }
+}
+
 fn max_pool_3x3_s2(x: &Tensor) -> Result<Tensor> {
-    Ok(x.max_pool2d_with_stride(3, 2)?)
+    pool_3x3(x, PoolKind::Max, 2, 0)
 }
 
 /// 3 x 3 average pool, stride 1, padding 1, `count_include_pad=False`: at the border the sum
 /// is divided by the number of real pixels in the window.
+fn avg_pool_3x3(x: &Tensor) -> Result<Tensor> {
+    pool_3x3(x, PoolKind::Average, 1, 1)
+}
+
+/// 3 x 3 max pool, stride 1, padding 1 (the padding never wins).
+fn max_pool_3x3(x: &Tensor) -> Result<Tensor> {
+    pool_3x3(x, PoolKind::Max, 1, 1)
+}
+
+/// [`avg_pool_3x3`] in candle's ops.
 fn avg_pool_3x3_exclude_pad(x: &Tensor) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
     let sums = (x
@@ -202,8 +243,8 @@ fn avg_pool_3x3_exclude_pad(x: &Tensor) -> Result<Tensor> {
     Ok(sums.broadcast_div(&counts)?)
 }
 
-/// 3 x 3 max pool, stride 1, padding 1. Replicating the border is the same as padding with
-/// minus infinity: every window that holds a replicated pixel also holds its original.
+/// [`max_pool_3x3`] in candle's ops. Replicating the border is the same as padding with minus
+/// infinity: every window that holds a replicated pixel also holds its original.
 fn max_pool_3x3_same(x: &Tensor) -> Result<Tensor> {
     Ok(x.pad_with_same(2, 1, 1)?
         .pad_with_same(3, 1, 1)?
@@ -240,7 +281,7 @@ impl BlockA {
             self.b1.forward(x)?,
             seq(&self.b5, x)?,
             seq(&self.b3dbl, x)?,
-            self.pool.forward(&avg_pool_3x3_exclude_pad(x)?)?,
+            self.pool.forward(&avg_pool_3x3(x)?)?,
         ];
         Ok(Tensor::cat(&branches, 1)?)
     }
@@ -307,7 +348,7 @@ impl BlockC {
             self.b1.forward(x)?,
             seq(&self.b7, x)?,
             seq(&self.b7dbl, x)?,
-            self.pool.forward(&avg_pool_3x3_exclude_pad(x)?)?,
+            self.pool.forward(&avg_pool_3x3(x)?)?,
         ];
         Ok(Tensor::cat(&branches, 1)?)
     }
@@ -378,9 +419,9 @@ impl BlockE {
         let b3 = self.b3_1.forward(x)?;
         let b3dbl = seq(&self.b3dbl, x)?;
         let pooled = if self.max_pool {
-            max_pool_3x3_same(x)?
+            max_pool_3x3(x)?
         } else {
-            avg_pool_3x3_exclude_pad(x)?
+            avg_pool_3x3(x)?
         };
         let branches = [
             self.b1.forward(x)?,

@@ -23,6 +23,8 @@ pub struct CpuConv2d {
     /// built on the first input large enough to use it. Its transformed kernels take 4x the
     /// memory of the weights, so layers that only ever see small maps never build them.
     winograd: Option<Arc<OnceLock<Winograd>>>,
+    /// A ReLU applied to each image's output while it is still in cache.
+    relu: bool,
 }
 
 impl CpuConv2d {
@@ -33,10 +35,21 @@ impl CpuConv2d {
         stride: usize,
         padding: usize,
     ) -> candle_core::Result<Self> {
-        let (out_channels, in_channels, kernel, kw) = weight.dims4()?;
-        if kernel != kw {
-            candle_core::bail!("only square kernels, got {kernel}x{kw}");
+        let (_, _, kh, kw) = weight.dims4()?;
+        if kh != kw {
+            candle_core::bail!("only square kernels, got {kh}x{kw}");
         }
+        Self::rectangular(weight, bias, stride, [padding; 2])
+    }
+
+    /// `weight`: out x in x kh x kw; `bias`: out; `padding`: `[rows, columns]`.
+    pub fn rectangular(
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        stride: usize,
+        padding: [usize; 2],
+    ) -> candle_core::Result<Self> {
+        let (out_channels, in_channels, kh, kw) = weight.dims4()?;
         let flat = |t: &Tensor| -> candle_core::Result<Arc<Vec<f32>>> {
             Ok(Arc::new(
                 t.to_dtype(candle_core::DType::F32)?
@@ -45,31 +58,46 @@ impl CpuConv2d {
             ))
         };
         let weight = flat(weight)?;
-        let winograd = (kernel == 3 && stride == 1 && padding == 1).then(Default::default);
+        let shape = ConvShape {
+            in_channels,
+            out_channels,
+            kernel: [kh, kw],
+            stride,
+            padding,
+        };
+        let winograd =
+            (shape.kernel == [3, 3] && stride == 1 && padding == [1, 1]).then(Default::default);
         Ok(Self {
-            shape: ConvShape {
-                in_channels,
-                out_channels,
-                kernel,
-                stride,
-                padding,
-            },
+            shape,
             weight,
             bias: bias.map(flat).transpose()?,
             winograd,
+            relu: false,
         })
+    }
+
+    /// The same convolution followed by a ReLU, in the same pass over the output.
+    pub fn with_relu(self) -> Self {
+        Self { relu: true, ..self }
     }
 
     /// Convolves one image (`in x h x w`) into `out` (`out_channels x ho x wo`).
     fn image(&self, x: &[f32], h: usize, w: usize, out: &mut [f32]) {
         let bias = self.bias.as_deref().map(Vec::as_slice);
-        if let Some(winograd) = self.winograd.as_ref().filter(|_| Winograd::pays_off(h, w)) {
-            let s = self.shape;
-            return winograd
-                .get_or_init(|| Winograd::new(&self.weight, s.out_channels, s.in_channels))
-                .image(x, h, w, bias, out);
+        match self.winograd.as_ref().filter(|_| Winograd::pays_off(h, w)) {
+            Some(winograd) => {
+                let s = self.shape;
+                winograd
+                    .get_or_init(|| Winograd::new(&self.weight, s.out_channels, s.in_channels))
+                    .image(x, h, w, bias, out)
+            }
+            None => convolve_image(&self.shape, &self.weight, bias, x, h, w, out),
         }
-        convolve_image(&self.shape, &self.weight, bias, x, h, w, out);
+        if self.relu {
+            for v in out.iter_mut() {
+                *v = v.max(0.0);
+            }
+        }
     }
 
     pub(crate) fn run(&self, x: &[f32], n: usize, h: usize, w: usize) -> (Vec<f32>, Shape) {
@@ -103,6 +131,10 @@ impl CustomOp1 for CpuConv2d {
                 "conv expects {} input channels, got {c}",
                 self.shape.in_channels
             );
+        }
+        let ([kh, kw], [ph, pw]) = (self.shape.kernel, self.shape.padding);
+        if h + 2 * ph < kh || w + 2 * pw < kw {
+            candle_core::bail!("conv input of {h}x{w} is smaller than its {kh}x{kw} kernel");
         }
         let (out, shape) = self.run(x, n, h, w);
         Ok((CpuStorage::F32(out), shape))
@@ -150,6 +182,40 @@ mod tests {
     }
 
     #[test]
+    fn rectangular_and_pointwise_kernels_with_relu_match_candle() {
+        // Inception's 1 x 7 / 7 x 1 / 1 x 3 / 3 x 1 kernels, and 1 x 1 (no im2col copy).
+        for (kh, kw, pad, stride) in [
+            (1, 7, [0, 3], 1),
+            (7, 1, [3, 0], 1),
+            (3, 1, [1, 0], 1),
+            (1, 1, [0, 0], 1),
+            (1, 1, [0, 0], 2),
+        ] {
+            let (cin, cout, h, w) = (5, 6, 11, 9);
+            let x = seeded_randn(4, &[2, cin, h, w]);
+            let wt = seeded_randn(5, &[cout, cin, kh, kw]);
+            let b = seeded_randn(6, &[cout]);
+            let expected = x
+                .pad_with_zeros(2, pad[0], pad[0])
+                .unwrap()
+                .pad_with_zeros(3, pad[1], pad[1])
+                .unwrap()
+                .conv2d(&wt, 0, stride, 1, 1)
+                .unwrap()
+                .broadcast_add(&b.reshape((1, cout, 1, 1)).unwrap())
+                .unwrap()
+                .relu()
+                .unwrap();
+            let op = CpuConv2d::rectangular(&wt, Some(&b), stride, pad)
+                .unwrap()
+                .with_relu();
+            let ours = x.apply_op1_no_bwd(&op).unwrap();
+            assert_eq!(ours.dims(), expected.dims(), "{kh}x{kw}");
+            assert!(max_abs_diff(&ours, &expected) < 1e-5, "{kh}x{kw} s{stride}");
+        }
+    }
+
+    #[test]
     fn tiling_over_rows_gives_the_same_result() {
         // 64 channels x 9 taps x 2048 pixels per row: 3 rows per tile, so 8 rows take
         // tiles of 3, 3 and 2.
@@ -177,5 +243,12 @@ mod tests {
         let oblong = Tensor::zeros((2, 3, 3, 1), candle_core::DType::F32, &dev).unwrap();
         let msg = CpuConv2d::new(&oblong, None, 1, 1).unwrap_err().to_string();
         assert!(msg.contains("only square kernels, got 3x1"), "{msg}");
+        let tiny = Tensor::zeros((1, 3, 2, 6), candle_core::DType::F32, &dev).unwrap();
+        let unpadded = CpuConv2d::new(&wt, None, 1, 0).unwrap();
+        let msg = err(tiny.apply_op1_no_bwd(&unpadded));
+        assert!(
+            msg.contains("conv input of 2x6 is smaller than its 3x3 kernel"),
+            "{msg}"
+        );
     }
 }

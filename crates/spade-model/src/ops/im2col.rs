@@ -9,27 +9,56 @@ use super::scratch::with_scratch;
 /// Elements of the im2col buffer per tile (16 MiB of f32).
 pub(crate) const TILE_ELEMENTS: usize = 4 << 20;
 
-/// Geometry of a square-kernel convolution.
+/// Geometry of a convolution: kernel and padding as `[height, width]` (SPADE's networks
+/// use square kernels; Inception's Mixed blocks have `1 x n` and `n x 1` ones).
 #[derive(Debug, Clone, Copy)]
 pub struct ConvShape {
     pub in_channels: usize,
     pub out_channels: usize,
-    pub kernel: usize,
+    pub kernel: [usize; 2],
     pub stride: usize,
-    pub padding: usize,
+    pub padding: [usize; 2],
 }
 
 impl ConvShape {
+    /// A `k x k` kernel padded by `padding` on every side.
+    pub fn square(
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Self {
+        Self {
+            in_channels,
+            out_channels,
+            kernel: [kernel; 2],
+            stride,
+            padding: [padding; 2],
+        }
+    }
+
+    /// Whether the output is `weight x input` itself (a 1 x 1, stride-1, unpadded kernel):
+    /// the image's planes are already the im2col matrix.
+    pub(crate) fn is_pointwise(&self) -> bool {
+        self.kernel == [1, 1] && self.stride == 1 && self.padding == [0, 0]
+    }
+
     pub(crate) fn out_size(&self, h: usize, w: usize) -> (usize, usize) {
-        let k = self.kernel;
+        let ([kh, kw], [ph, pw]) = (self.kernel, self.padding);
         (
-            (h + 2 * self.padding - k) / self.stride + 1,
-            (w + 2 * self.padding - k) / self.stride + 1,
+            (h + 2 * ph - kh) / self.stride + 1,
+            (w + 2 * pw - kw) / self.stride + 1,
         )
     }
 
+    /// Kernel taps per input channel.
+    pub(crate) fn taps(&self) -> usize {
+        self.kernel[0] * self.kernel[1]
+    }
+
     pub(crate) fn patch(&self) -> usize {
-        self.in_channels * self.kernel * self.kernel
+        self.in_channels * self.taps()
     }
 }
 
@@ -57,36 +86,45 @@ pub(crate) fn convolve_image(
             plane.fill(bias[o]);
         }
     }
+    // out[:, y0.., :] (+)= weight (out x patch) * cols (patch x pixels)
+    let multiply = |out: &mut [f32], y0: usize, pixels: usize, cols: &[f32]| {
+        assert!(cols.len() >= patch * pixels && out.len() >= s.out_channels * ho * wo);
+        // SAFETY: `out` is out x (ho * wo), this tile's columns start at `y0 * wo`; `cols`
+        // holds patch x pixels.
+        unsafe {
+            gemm(
+                (s.out_channels, pixels, patch),
+                Strided {
+                    ptr: out.as_mut_ptr().add(y0 * wo),
+                    row: ho * wo,
+                    col: 1,
+                },
+                Strided {
+                    ptr: weight.as_ptr(),
+                    row: patch,
+                    col: 1,
+                },
+                Strided {
+                    ptr: cols.as_ptr(),
+                    row: pixels,
+                    col: 1,
+                },
+                bias.is_some(),
+                true,
+            );
+        }
+    };
+    if s.is_pointwise() {
+        // The image's planes are the whole im2col matrix already.
+        return multiply(out, 0, h * w, x);
+    }
     with_scratch(patch * tile_rows * wo, |cols| {
         for y0 in (0..ho).step_by(tile_rows) {
             let rows = tile_rows.min(ho - y0);
             let pixels = rows * wo;
             let cols = &mut cols[..patch * pixels];
             im2col(x, h, w, s, y0, rows, wo, cols);
-            // out[:, y0.., :] (+)= weight (out x patch) * cols (patch x pixels)
-            // SAFETY: `out` is out x (ho * wo), this tile's columns start at `y0 * wo`.
-            unsafe {
-                gemm(
-                    (s.out_channels, pixels, patch),
-                    Strided {
-                        ptr: out.as_mut_ptr().add(y0 * wo),
-                        row: ho * wo,
-                        col: 1,
-                    },
-                    Strided {
-                        ptr: weight.as_ptr(),
-                        row: patch,
-                        col: 1,
-                    },
-                    Strided {
-                        ptr: cols.as_ptr(),
-                        row: pixels,
-                        col: 1,
-                    },
-                    bias.is_some(),
-                    true,
-                );
-            }
+            multiply(out, y0, pixels, cols);
         }
     });
 }
@@ -104,22 +142,20 @@ pub(crate) fn for_each_tap_row(
     wo: usize,
     mut visit: impl FnMut(usize, usize, usize, std::ops::Range<usize>, usize),
 ) {
-    let k = s.kernel;
-    for ky in 0..k {
-        for kx in 0..k {
+    let ([kh, kw], [ph, pw]) = (s.kernel, s.padding);
+    for ky in 0..kh {
+        for kx in 0..kw {
             // ix = ox * stride + kx - padding must lie in [0, w).
-            let first = s.padding.saturating_sub(kx).div_ceil(s.stride);
-            let end = ((w + s.padding).saturating_sub(kx))
-                .div_ceil(s.stride)
-                .min(wo);
+            let first = pw.saturating_sub(kx).div_ceil(s.stride);
+            let end = ((w + pw).saturating_sub(kx)).div_ceil(s.stride).min(wo);
             if first >= end {
                 continue;
             }
-            let ix0 = first * s.stride + kx - s.padding;
+            let ix0 = first * s.stride + kx - pw;
             for r in 0..rows {
-                let iy = ((y0 + r) * s.stride + ky) as isize - s.padding as isize;
+                let iy = ((y0 + r) * s.stride + ky) as isize - ph as isize;
                 if (0..h as isize).contains(&iy) {
-                    visit(ky * k + kx, r, iy as usize, first..end, ix0);
+                    visit(ky * kw + kx, r, iy as usize, first..end, ix0);
                 }
             }
         }
@@ -139,9 +175,8 @@ pub(crate) fn im2col(
     cols: &mut [f32],
 ) {
     let _time = super::profile::scope("im2col");
-    let k = s.kernel;
     let pixels = rows * wo;
-    cols.par_chunks_mut(k * k * pixels)
+    cols.par_chunks_mut(s.taps() * pixels)
         .enumerate()
         .for_each(|(c, channel_cols)| {
             let plane = &x[c * h * w..(c + 1) * h * w];

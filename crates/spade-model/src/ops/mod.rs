@@ -6,7 +6,8 @@
 //! normalisation + modulation + leaky ReLU). Training: [`trainable_conv::TrainableConv`],
 //! [`segmap_train::SegmapTrain`] (`mlp_shared` with its weight gradient by scatter),
 //! [`modulate_train::ModulateTrain`] (SPADE's modulation with its gradient), [`fused`]
-//! (leaky ReLU and normalisations with hand-written gradients), [`all_reduce`].
+//! (leaky ReLU and normalisations with hand-written gradients), [`all_reduce`]. Pooling with
+//! padding left out of the window: [`pool`].
 //! Shared machinery: [`gemm`], [`im2col`], [`scratch`], [`layout`]; [`profile`] times them.
 
 pub mod all_reduce;
@@ -17,6 +18,7 @@ pub mod im2col;
 pub mod layout;
 pub mod modulate;
 pub mod modulate_train;
+pub mod pool;
 pub mod profile;
 pub mod scratch;
 pub mod segmap;

@@ -118,7 +118,8 @@ impl SegmapConv {
         x: usize,
         y: usize,
     ) -> bool {
-        let pad = self.dense.shape.padding;
+        // SPADE's `mlp_shared` kernels are square with same padding.
+        let pad = self.dense.shape.padding[0];
         if x < pad || y < pad || x + pad >= w || y + pad >= h {
             return false;
         }
@@ -142,7 +143,7 @@ impl SegmapConv {
         acc: &mut [f32],
     ) {
         let s = self.dense.shape;
-        let (k, pad, co) = (s.kernel, s.padding as isize, s.out_channels);
+        let (k, pad, co) = (s.kernel[0], s.padding[0] as isize, s.out_channels);
         match &self.dense.bias {
             Some(bias) => acc.copy_from_slice(bias),
             None => acc.fill(0.0),

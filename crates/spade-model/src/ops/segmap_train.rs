@@ -70,13 +70,7 @@ impl CustomOp3 for SegmapTrain {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (out_channels, in_channels, kernel, _) = weight.dims4()?;
         let op = WeightGrad {
-            shape: ConvShape {
-                in_channels,
-                out_channels,
-                kernel,
-                stride: 1,
-                padding: kernel / 2,
-            },
+            shape: ConvShape::square(in_channels, out_channels, kernel, 1, kernel / 2),
             classes: self.classes,
         };
         let both =
@@ -206,7 +200,7 @@ impl WeightGrad {
         row: &mut [f32],
     ) {
         let s = self.shape;
-        let (k, pad) = (s.kernel, s.padding);
+        let (k, pad) = (s.kernel[0], s.padding[0]);
         let mut acc = vec![0f64; s.patch() + 1];
         let mut prefix = vec![0f64; w + 1];
         for (img, runs) in runs.iter().enumerate().take(n) {

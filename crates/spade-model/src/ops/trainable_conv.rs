@@ -34,13 +34,13 @@ impl TrainableConv {
         if kernel != kw {
             candle_core::bail!("only square kernels, got {kernel}x{kw}");
         }
-        Ok(ConvShape {
+        Ok(ConvShape::square(
             in_channels,
             out_channels,
             kernel,
-            stride: self.stride,
-            padding: self.padding,
-        })
+            self.stride,
+            self.padding,
+        ))
     }
 }
 
@@ -297,13 +297,13 @@ impl CustomOp2 for WeightGrad {
         let _time = super::profile::scope(self.name());
         let (x, [_, c, h, w]) = nchw(xs, xl)?;
         let (grad, [_, out_channels, ho, wo]) = nchw(gs, gl)?;
-        let s = ConvShape {
-            in_channels: c,
+        let s = ConvShape::square(
+            c,
             out_channels,
-            kernel: self.kernel,
-            stride: self.conv.stride,
-            padding: self.conv.padding,
-        };
+            self.kernel,
+            self.conv.stride,
+            self.conv.padding,
+        );
         let dw = weight_grad(&s, x, grad, (h, w));
         if self.bias {
             let rows = with_bias_gradient(&dw, grad, out_channels, ho * wo);
@@ -343,7 +343,7 @@ pub(crate) fn with_bias_gradient(
 /// Whether a convolution of shape `s` on `h x w` maps runs by Winograd F(4x4, 3x3): 3 x 3,
 /// stride 1, same padding, on maps with enough tiles (as the inference convolution decides).
 fn winograd_pays(s: &ConvShape, h: usize, w: usize) -> bool {
-    (s.kernel, s.stride, s.padding) == (3, 1, 1) && Winograd::pays_off(h, w)
+    (s.kernel, s.stride, s.padding) == ([3, 3], 1, [1, 1]) && Winograd::pays_off(h, w)
 }
 
 /// `dW` (`out x patch`) of a convolution of shape `s` from the input images `x`
@@ -421,7 +421,7 @@ fn col2im(
 ) {
     let pixels = rows * wo;
     dx.par_chunks_mut(h * w)
-        .zip(dcols.par_chunks(s.kernel * s.kernel * pixels))
+        .zip(dcols.par_chunks(s.taps() * pixels))
         .for_each(|(plane, channel_cols)| {
             for_each_tap_row(s, (h, w), y0, rows, wo, |tap, r, iy, oxs, ix0| {
                 let src = &channel_cols[tap * pixels + r * wo..];
