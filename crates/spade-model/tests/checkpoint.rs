@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use common::{case, read};
-use spade_model::io::checkpoint::{pth, Checkpoint};
+use spade_model::io::checkpoint::{pth, pth_write, Checkpoint};
 use spade_model::SpadeModel;
 
 /// A checkpoint folder in a temp dir with the coco case's opt.txt and the given G file.
@@ -197,4 +197,85 @@ fn class_lists_must_name_every_label_id() {
         err.contains("converted.safetensors") && err.contains("names 1 classes"),
         "{err}"
     );
+}
+
+/// Copies the zip `src` to `dst`, every entry compressed with `method` and passed through
+/// `edit(name, bytes)`.
+fn repack(
+    src: &Path,
+    dst: &Path,
+    method: zip::CompressionMethod,
+    edit: impl Fn(&str, Vec<u8>) -> Vec<u8>,
+) {
+    use std::io::{Read, Write};
+    let mut archive = zip::ZipArchive::new(std::fs::File::open(src).unwrap()).unwrap();
+    let mut out = zip::ZipWriter::new(std::fs::File::create(dst).unwrap());
+    let options = zip::write::SimpleFileOptions::default().compression_method(method);
+    for i in 0..archive.len() {
+        let mut entry = archive.by_index(i).unwrap();
+        let name = entry.name().unwrap().into_owned();
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes).unwrap();
+        out.start_file(name.as_str(), options).unwrap();
+        out.write_all(&edit(&name, bytes)).unwrap();
+    }
+    out.finish().unwrap();
+}
+
+#[test]
+fn compressed_zip_entries_are_refused_before_inflating() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("stored.pth");
+    std::fs::write(&src, read(&case("gen_cityscapes_eval"), "zip_net_G.pth")).unwrap();
+    assert!(pth::read(&src).is_ok(), "the stored original loads");
+    let dst = tmp.path().join("deflated.pth");
+    repack(&src, &dst, zip::CompressionMethod::Deflated, |_, b| b);
+    let err = pth::read(&dst).expect_err("must fail").to_string();
+    assert!(err.contains("deflated.pth"), "{err}");
+    assert!(err.contains("is compressed (Deflate"), "{err}");
+    assert!(err.contains("torch.save never writes"), "{err}");
+}
+
+#[test]
+fn views_wider_than_the_file_are_refused_before_allocating() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("plain.pth");
+    let seven = Tensor::arange(0f32, 7.0, &Device::Cpu).unwrap();
+    pth_write::write_archive(&src, &[("w".to_string(), seven)]).unwrap();
+    assert_eq!(pth::read(&src).unwrap()["w"].dims(), [7]);
+    // In the pickle, after the persistent id: offset 0, size (7,), stride (1,), each int a
+    // BININT. Made size (300,000,000,) and stride (0,): `torch.empty(1).expand(...)`, 1.2 GB
+    // out of a file of a few hundred bytes.
+    let int = |v: i32| [&[b'J'][..], &v.to_le_bytes()].concat();
+    let view = |size: i32, stride: i32| {
+        [
+            &[b'Q'][..],
+            &int(0),
+            b"(",
+            &int(size),
+            b"t(",
+            &int(stride),
+            b"t",
+        ]
+        .concat()
+    };
+    let (from, to) = (view(7, 1), view(300_000_000, 0));
+    let dst = tmp.path().join("expanded.pth");
+    repack(&src, &dst, zip::CompressionMethod::Stored, |name, bytes| {
+        if !name.ends_with("data.pkl") {
+            return bytes;
+        }
+        let at = bytes
+            .windows(from.len())
+            .position(|w| w == from)
+            .expect("the view in the pickle");
+        [&bytes[..at], &to, &bytes[at + from.len()..]].concat()
+    });
+    let err = pth::read(&dst).expect_err("must fail").to_string();
+    assert!(err.contains("expanded.pth"), "{err}");
+    assert!(
+        err.contains("would take 1200000000 bytes once read"),
+        "{err}"
+    );
+    assert!(err.contains("`w`, alone takes 1200000000 bytes"), "{err}");
 }

@@ -10,18 +10,33 @@ use pytorch_reader::{PickleValue, PytorchReader};
 
 use crate::error::{Error, Result};
 
+/// Slack on top of the file's size that the tensors of a state dict may take once read:
+/// the zip directory and pickle make a real file larger than its tensors, never smaller.
+const MATERIALISED_SLACK: u64 = 1 << 20;
+
 /// Reads a state dict into CPU tensors keyed by the official names (`head_0.conv_0.weight_orig`).
 ///
 /// Besides tensors a state dict holds only plain data (its `_metadata` of module versions);
 /// a pickle naming any other Python global is refused, as `torch.load(weights_only=True)` does.
+///
+/// A state dict as `torch.save` writes it stores every tensor's bytes uncompressed, once.
+/// Before anything is read, storages compressed inside the zip and tensors that would take
+/// more memory than the file holds (views wider than their storage, such as `expand`'s
+/// zero strides, or one storage viewed many times) are refused: a small file must not cost
+/// gigabytes.
 pub fn read(path: &Path) -> Result<HashMap<String, Tensor>> {
     let fail = |reason: String| Error::checkpoint(path, reason);
     let structure = PytorchReader::read_pickle_data(path, None).map_err(|e| fail(e.to_string()))?;
     check_globals(&structure, "").map_err(fail)?;
+    check_stored(path).map_err(fail)?;
     let reader = PytorchReader::new(path).map_err(|e| fail(e.to_string()))?;
     if reader.is_empty() {
         return Err(fail("holds no tensors (is it a state dict?)".to_string()));
     }
+    let file_len = std::fs::metadata(path)
+        .map_err(|e| Error::io(path, e))?
+        .len();
+    check_materialised_size(reader.tensors(), file_len).map_err(fail)?;
     reader
         .into_tensors()
         .into_iter()
@@ -39,6 +54,55 @@ pub fn read(path: &Path) -> Result<HashMap<String, Tensor>> {
             Ok((name, value))
         })
         .collect()
+}
+
+/// Refuses zip entries that are not stored as they are: `torch.save` never compresses, and
+/// a deflated entry can inflate to any size. Legacy (non-zip) files have no compression.
+fn check_stored(path: &Path) -> std::result::Result<(), String> {
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let Ok(mut archive) = zip::ZipArchive::new(file) else {
+        return Ok(());
+    };
+    for i in 0..archive.len() {
+        let entry = archive.by_index_raw(i).map_err(|e| e.to_string())?;
+        if entry.compression() != zip::CompressionMethod::Stored {
+            return Err(format!(
+                "zip entry `{}` is compressed ({}), which torch.save never writes; refusing \
+                 to inflate it",
+                entry
+                    .name()
+                    .map_or_else(|_| format!("number {i}"), |n| n.into_owned()),
+                entry.compression()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The tensors' bytes once read must fit in the file (plus [`MATERIALISED_SLACK`]).
+fn check_materialised_size(
+    tensors: &HashMap<String, pytorch_reader::Tensor>,
+    file_len: u64,
+) -> std::result::Result<(), String> {
+    let total: u64 = tensors.values().map(|t| t.byte_len() as u64).sum();
+    let budget = file_len.saturating_add(MATERIALISED_SLACK);
+    if total <= budget {
+        return Ok(());
+    }
+    let largest = tensors
+        .iter()
+        .max_by_key(|(_, t)| t.byte_len())
+        .map(|(name, t)| {
+            format!(
+                "; the largest, `{name}`, alone takes {} bytes",
+                t.byte_len()
+            )
+        })
+        .unwrap_or_default();
+    Err(format!(
+        "its tensors would take {total} bytes once read, but the file holds {file_len}: views \
+         wider than their storage (zero strides, one storage viewed many times) are refused{largest}"
+    ))
 }
 
 /// Walks the unpickled structure; anything the reader could not interpret other than a
