@@ -137,9 +137,9 @@ pub fn random_semantics(config: &Config, batch: usize, device: &Device) -> Resul
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let labels: Vec<_> = (0..batch)
         .map(|_| {
-            let mut data = vec![0i64; h * w];
+            let mut data = vec![0u16; h * w];
             for _ in 0..12 {
-                let class = rng.random_range(0..config.label_nc as i64);
+                let class = rng.random_range(0..config.label_nc as u16);
                 let (x0, y0) = (rng.random_range(0..w), rng.random_range(0..h));
                 let (x1, y1) = (rng.random_range(x0..w) + 1, rng.random_range(y0..h) + 1);
                 for y in y0..y1 {

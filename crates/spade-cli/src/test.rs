@@ -98,7 +98,7 @@ fn data_source(args: &Args, opt: &HashMap<String, String>, config_mode: &str) ->
 fn colour_label(label: &IdMap, classes: usize) -> image::RgbImage {
     let mut out = image::RgbImage::new(label.width as u32, label.height as u32);
     for (pixel, &id) in out.pixels_mut().zip(&label.data) {
-        if (0..classes as i64).contains(&id) {
+        if usize::from(id) < classes {
             *pixel = image::Rgb(voc_colour(id as usize));
         }
     }
@@ -116,7 +116,12 @@ fn save_ids(ids: &IdMap, label_nc: usize, path: &Path) -> Result<()> {
     let grey = ids
         .data
         .iter()
-        .map(|&id| if id >= label_nc as i64 { 255 } else { id as u8 })
+        .map(|&id| {
+            u8::try_from(id)
+                .ok()
+                .filter(|&v| usize::from(v) < label_nc)
+                .unwrap_or(255)
+        })
         .collect();
     image::GrayImage::from_raw(ids.width as u32, ids.height as u32, grey)
         .expect("raster size matches")

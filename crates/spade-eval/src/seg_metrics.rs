@@ -47,7 +47,7 @@ impl Confusion {
     }
 
     /// Adds one pair of maps of the same size.
-    pub fn add(&mut self, truth: &[i64], predicted: &[i64]) -> Result<()> {
+    pub fn add(&mut self, truth: &[u16], predicted: &[u16]) -> Result<()> {
         ensure!(
             truth.len() == predicted.len(),
             "ground truth has {} pixels, prediction {}",
@@ -64,11 +64,17 @@ impl Confusion {
             Ok(())
         };
         // Checked first so that a refused pair leaves the counts as they were.
-        for (&t, &p) in truth.iter().zip(predicted) {
+        let pairs = || {
+            truth
+                .iter()
+                .zip(predicted)
+                .map(|(&t, &p)| (i64::from(t), i64::from(p)))
+        };
+        for (t, p) in pairs() {
             check(t, "ground-truth")?;
             check(p, "predicted")?;
         }
-        for (&t, &p) in truth.iter().zip(predicted) {
+        for (t, p) in pairs() {
             if t == ignore {
                 self.ignored += 1;
             } else if p == ignore {

@@ -89,7 +89,7 @@ pub fn synthesize(model: &SpadeModel, pairs: &[Landscape], seed: u64) -> Result<
                 pair.size,
                 pair.size,
                 1,
-                pair.labels.iter().map(|&l| l as i64).collect(),
+                pair.labels.iter().map(|&l| u16::from(l)).collect(),
             );
             let semantics = pre.semantics(&[pre.label(&ids)], None, &model.device)?;
             let z = model

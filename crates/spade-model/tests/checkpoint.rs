@@ -274,8 +274,71 @@ fn views_wider_than_the_file_are_refused_before_allocating() {
     let err = pth::read(&dst).expect_err("must fail").to_string();
     assert!(err.contains("expanded.pth"), "{err}");
     assert!(
-        err.contains("would take 1200000000 bytes once read"),
+        err.contains("tensor `w` would take 1200000000 bytes once read, more than the whole file"),
         "{err}"
     );
-    assert!(err.contains("`w`, alone takes 1200000000 bytes"), "{err}");
+}
+
+#[test]
+fn one_storage_viewed_over_and_over_is_refused() {
+    // 40 views of one 1 MiB storage, each within it: 40 MiB out of a file of about 1 MiB.
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("plain.pth");
+    let entries: Vec<(String, Tensor)> = (0..40)
+        .map(|i| {
+            let values = if i == 0 { 1 << 18 } else { 1 };
+            (
+                format!("w{i}"),
+                Tensor::zeros(values, DType::F32, &Device::Cpu).unwrap(),
+            )
+        })
+        .collect();
+    pth_write::write_archive(&src, &entries).unwrap();
+    assert!(pth::read(&src).is_ok());
+    // Every tensor made a view of all of storage 0: `('storage', cls, '<i>', ...)` -> '0'.
+    let key = |k: &str| [&[b'X'][..], &(k.len() as u32).to_le_bytes(), k.as_bytes()].concat();
+    let int = |v: i32| [&[b'J'][..], &v.to_le_bytes()].concat();
+    let dst = tmp.path().join("shared.pth");
+    repack(
+        &src,
+        &dst,
+        zip::CompressionMethod::Stored,
+        |name, mut bytes| {
+            if !name.ends_with("data.pkl") {
+                return bytes;
+            }
+            for i in 1..40 {
+                let (from, to) = (key(&i.to_string()), key("0"));
+                let at = bytes.windows(from.len()).position(|w| w == from).unwrap();
+                bytes = [&bytes[..at], &to, &bytes[at + from.len()..]].concat();
+            }
+            // The storage's element count ending the persistent id, then offset 0 and the
+            // size tuple (1,) of a small view: both made the big storage's.
+            let view = |n: i32| {
+                let tail = [
+                    &key("cpu")[..],
+                    &int(n),
+                    b"tQ",
+                    &int(0),
+                    b"(",
+                    &int(n),
+                    b"t",
+                ];
+                tail.concat()
+            };
+            let (from, to) = (view(1), view(1 << 18));
+            let mut out = Vec::new();
+            let mut rest = bytes.as_slice();
+            while let Some(at) = rest.windows(from.len()).position(|w| w == from) {
+                out.extend_from_slice(&rest[..at]);
+                out.extend_from_slice(&to);
+                rest = &rest[at + from.len()..];
+            }
+            out.extend_from_slice(rest);
+            out
+        },
+    );
+    let err = pth::read(&dst).expect_err("must fail").to_string();
+    assert!(err.contains("shared.pth"), "{err}");
+    assert!(err.contains("over 16x the file's"), "{err}");
 }

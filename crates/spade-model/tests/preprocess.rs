@@ -9,7 +9,7 @@ use spade_model::Config;
 
 fn id_tensor(map: &IdMap) -> Tensor {
     Tensor::from_vec(
-        map.data.clone(),
+        map.data.iter().map(|&v| i64::from(v)).collect(),
         (1, 1, map.height, map.width),
         &Device::Cpu,
     )
@@ -171,7 +171,7 @@ fn low_bit_depth_palette_and_grey_pngs_decode_like_pillow() {
         &Default::default(),
     )
     .unwrap();
-    assert_eq!(map.data, ids.map(i64::from));
+    assert_eq!(map.data, ids.map(u16::from));
     let two = [0u8, 1, 2, 3, 3];
     let map = decode_id_png(
         &packed_png(&two, 2, png::ColorType::Indexed),
@@ -179,7 +179,7 @@ fn low_bit_depth_palette_and_grey_pngs_decode_like_pillow() {
         &Default::default(),
     )
     .unwrap();
-    assert_eq!(map.data, two.map(i64::from));
+    assert_eq!(map.data, two.map(u16::from));
     // Greyscale below 8 bits is scaled to 0-255, as Pillow reads it.
     let map = decode_id_png(
         &packed_png(&two, 2, png::ColorType::Grayscale),

@@ -188,14 +188,15 @@ fn ids_from_colors(model: &ModelInfo, rgb: &Raster<u8>) -> Result<IdMap, ApiErro
                 model.name
             ))
         })?;
-        ids.push(i64::from(id));
+        // Class lists hold at most 4096 ids; anything wider fails `check_ids`.
+        ids.push(u16::try_from(id).unwrap_or(u16::MAX));
     }
     Ok(Raster::new(rgb.width, rgb.height, 1, ids))
 }
 
 fn check_ids(model: &ModelInfo, label: &IdMap) -> Result<(), ApiError> {
     let classes = model.config.label_channels() as i64;
-    if let Some(bad) = label.data.iter().find(|&&id| id >= classes) {
+    if let Some(bad) = label.data.iter().find(|&&id| i64::from(id) >= classes) {
         return Err(ApiError::Unprocessable(format!(
             "label: id {bad} is outside the {classes} classes of model `{}` (ids 0..={}{})",
             model.name,

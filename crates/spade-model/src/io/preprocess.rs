@@ -67,7 +67,7 @@ impl DecodeLimits {
 }
 
 /// A map of integer ids (one channel).
-pub type IdMap = Raster<i64>;
+pub type IdMap = Raster<u16>;
 
 /// Decodes a label or instance PNG to its raw ids: grey values (1 to 16 bit) or palette
 /// indices (1 to 8 bit), never colours.
@@ -117,14 +117,18 @@ pub fn decode_id_png(bytes: &[u8], what: &str, limits: &DecodeLimits) -> Result<
             16 => data.extend(
                 row.chunks_exact(2)
                     .take(w)
-                    .map(|b| i64::from(u16::from_be_bytes([b[0], b[1]]))),
+                    .map(|b| u16::from_be_bytes([b[0], b[1]])),
             ),
-            8 => data.extend(row[..w].iter().map(|&v| i64::from(v))),
+            8 => data.extend(row[..w].iter().map(|&v| u16::from(v))),
             // Packed rows: the leftmost pixel in the most significant bits.
             _ => data.extend((0..w).map(|x| {
                 let bit = x * bits as usize;
                 let v = u16::from(row[bit / 8] >> (8 - bits as usize - bit % 8)) & max;
-                i64::from(if scale_grey { v * 255 / max } else { v })
+                if scale_grey {
+                    v * 255 / max
+                } else {
+                    v
+                }
             })),
         }
     }
@@ -284,7 +288,8 @@ impl Preprocessor {
     pub fn map_dontcare(&self, mut label: IdMap) -> IdMap {
         for v in &mut label.data {
             if *v == 255 {
-                *v = self.config.label_nc as i64;
+                // `label_nc` is at most 4096 (`Config`'s bound): it fits.
+                *v = self.config.label_nc as u16;
             }
         }
         label
@@ -347,7 +352,7 @@ impl Preprocessor {
             check_size(label, w, h, "label")?;
             let sample = &mut data[i * channels * plane..(i + 1) * channels * plane];
             for (p, &id) in label.data.iter().enumerate() {
-                if id < 0 || id as usize >= classes {
+                if usize::from(id) >= classes {
                     return Err(Error::input(
                         "label",
                         format!(

@@ -266,7 +266,7 @@ fn colourize(label: &IdMap) -> Raster<u8> {
     let data = label
         .data
         .iter()
-        .flat_map(|&id| voc_colour(id.max(0) as usize))
+        .flat_map(|&id| voc_colour(usize::from(id)))
         .collect();
     Raster::new(label.width, label.height, 3, data)
 }
