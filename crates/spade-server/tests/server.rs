@@ -39,7 +39,14 @@ fn one_at_a_time(max_queue: usize) -> ServerConfig {
 
 /// The COCO fixture model served through `wrap(engine)`: failures injected into the engine.
 async fn start_wrapped<E: Engine + 'static>(wrap: impl FnOnce(ModelEngine) -> E) -> RunningServer {
-    let cfg = config(&[("coco", "gen_coco_eval")]);
+    start_wrapped_with(config(&[("coco", "gen_coco_eval")]), wrap).await
+}
+
+/// The models of `cfg` served through `wrap(engine)`.
+async fn start_wrapped_with<E: Engine + 'static>(
+    cfg: ServerConfig,
+    wrap: impl FnOnce(ModelEngine) -> E,
+) -> RunningServer {
     let specs = cfg.model_specs().unwrap();
     let (infos, weights) =
         spade_server::models::load(&specs, &[Device::Cpu], candle_core::DType::F32).unwrap();
@@ -47,6 +54,35 @@ async fn start_wrapped<E: Engine + 'static>(wrap: impl FnOnce(ModelEngine) -> E)
     spade_server::start_with_engine(cfg, infos, engine, 1)
         .await
         .unwrap()
+}
+
+/// Every batch takes at least `SLOW_BATCH` more: the overload tests need a worker that stays
+/// busy for a known time, however fast the machine and the kernels are.
+struct Slow(ModelEngine);
+
+const SLOW_BATCH: Duration = Duration::from_secs(1);
+
+impl Engine for Slow {
+    fn run(&self, device: usize, model: usize, tasks: Vec<Task>) -> Vec<Result<Outcome, ApiError>> {
+        std::thread::sleep(SLOW_BATCH);
+        self.0.run(device, model, tasks)
+    }
+    fn warm_up(&self, device: usize) -> Result<(), ApiError> {
+        self.0.warm_up(device)
+    }
+}
+
+/// [`one_at_a_time`] on the [`Slow`] engine, ready.
+async fn start_slow(
+    max_queue: usize,
+    adjust: impl FnOnce(&mut ServerConfig),
+) -> (RunningServer, String) {
+    let mut cfg = one_at_a_time(max_queue);
+    adjust(&mut cfg);
+    let server = start_wrapped_with(cfg, Slow).await;
+    let base = format!("http://{}", server.addr);
+    wait_ready(&base).await;
+    (server, base)
 }
 
 async fn start(config: ServerConfig) -> (RunningServer, String) {
@@ -250,14 +286,12 @@ async fn concurrent_requests_share_batches_and_stay_deterministic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn overload_timeout_and_cancellation() {
-    let mut cfg = one_at_a_time(2);
-    cfg.request_timeout = 0.25;
-    let (server, base) = start(cfg).await;
+    let (server, base) = start_slow(2, |cfg| cfg.request_timeout = 0.25).await;
     let client = Client::new();
     let label = fixture("vae_eval", "label_0.png");
     let url = format!("{base}/v1/synthesize?model=vae");
 
-    // One running (about a second), two queued, the rest refused at once.
+    // One running (over a second), two queued, the rest refused at once.
     let requests = (0..8).map(|_| post_png(&client, &url, label.clone()));
     let responses = futures::future::join_all(requests).await;
     let statuses: Vec<StatusCode> = responses.iter().map(|r| r.status()).collect();
@@ -941,7 +975,7 @@ async fn an_oversize_declared_body_is_refused_before_it_is_sent() {
 /// 503 (queue full), not 422, while the queue is full, and 422 once it has room again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn admission_comes_before_decoding() {
-    let (server, base) = start(one_at_a_time(1)).await;
+    let (server, base) = start_slow(1, |_| ()).await;
     let client = Client::new();
     let label = fixture("vae_eval", "label_0.png");
     let url = format!("{base}/v1/synthesize?model=vae");
