@@ -101,6 +101,15 @@ mod tests {
     use crate::test_util::{max_abs_diff, seeded_randn};
     use candle_core::{Device, Tensor};
 
+    fn pool(kind: PoolKind, kernel: usize, stride: usize, padding: usize) -> Pool2d {
+        Pool2d {
+            kind,
+            kernel,
+            stride,
+            padding,
+        }
+    }
+
     /// The mean over the pixels inside the image, written out with explicit padding.
     fn average_excluding_padding(x: &Tensor, k: usize, stride: usize, pad: usize) -> Tensor {
         let (_, _, h, w) = x.dims4().unwrap();
@@ -125,12 +134,7 @@ mod tests {
     fn average_pool_divides_by_the_pixels_inside_the_image() {
         for (k, stride, pad, h, w) in [(3, 1, 1, 7, 5), (3, 2, 1, 9, 8), (2, 2, 0, 6, 6)] {
             let x = seeded_randn(21, &[2, 3, h, w]);
-            let op = Pool2d {
-                kind: PoolKind::Average,
-                kernel: k,
-                stride,
-                padding: pad,
-            };
+            let op = pool(PoolKind::Average, k, stride, pad);
             let ours = x.apply_op1_no_bwd(&op).unwrap();
             let expected = average_excluding_padding(&x, k, stride, pad);
             assert_eq!(ours.dims(), expected.dims());
@@ -140,12 +144,7 @@ mod tests {
         let mut values = vec![1f32; 9];
         values[0] = 2.0;
         let x = Tensor::from_vec(values, (1, 1, 3, 3), &Device::Cpu).unwrap();
-        let op = Pool2d {
-            kind: PoolKind::Average,
-            kernel: 3,
-            stride: 1,
-            padding: 1,
-        };
+        let op = pool(PoolKind::Average, 3, 1, 1);
         let out = x.apply_op1_no_bwd(&op).unwrap().flatten_all().unwrap();
         assert_eq!(out.to_vec1::<f32>().unwrap()[0], 1.25);
     }
@@ -158,12 +157,7 @@ mod tests {
             .affine(-1.0, -0.5)
             .unwrap();
         for (k, stride, pad) in [(3, 1, 1), (3, 2, 0), (3, 2, 1)] {
-            let op = Pool2d {
-                kind: PoolKind::Max,
-                kernel: k,
-                stride,
-                padding: pad,
-            };
+            let op = pool(PoolKind::Max, k, stride, pad);
             let ours = x.apply_op1_no_bwd(&op).unwrap();
             // Replicated borders are the same as padding with minus infinity.
             let expected = x
@@ -181,12 +175,7 @@ mod tests {
     #[test]
     fn pools_that_do_not_fit_are_errors() {
         let x = Tensor::zeros((1, 1, 2, 2), candle_core::DType::F32, &Device::Cpu).unwrap();
-        let op = Pool2d {
-            kind: PoolKind::Max,
-            kernel: 3,
-            stride: 2,
-            padding: 0,
-        };
+        let op = pool(PoolKind::Max, 3, 2, 0);
         let msg = x.apply_op1_no_bwd(&op).unwrap_err().to_string();
         assert!(msg.contains("does not fit a 2x2 input"), "{msg}");
     }
