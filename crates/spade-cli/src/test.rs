@@ -99,7 +99,7 @@ fn colour_label(label: &IdMap, classes: usize) -> image::RgbImage {
     let mut out = image::RgbImage::new(label.width as u32, label.height as u32);
     for (pixel, &id) in out.pixels_mut().zip(&label.data) {
         if usize::from(id) < classes {
-            *pixel = image::Rgb(voc_colour(id as usize));
+            *pixel = image::Rgb(voc_colour(usize::from(id)));
         }
     }
     out

@@ -76,7 +76,8 @@ impl CpuConv2d {
         })
     }
 
-    /// The same convolution followed by a ReLU, in the same pass over the output.
+    /// The same convolution followed by a ReLU, applied to each image's output right after
+    /// it is computed instead of as a separate tensor pass.
     pub fn with_relu(self) -> Self {
         Self { relu: true, ..self }
     }

@@ -178,5 +178,12 @@ mod tests {
         let op = pool(PoolKind::Max, 3, 2, 0);
         let msg = x.apply_op1_no_bwd(&op).unwrap_err().to_string();
         assert!(msg.contains("does not fit a 2x2 input"), "{msg}");
+        for bad in [
+            pool(PoolKind::Average, 3, 0, 1),
+            pool(PoolKind::Max, 2, 1, 2),
+        ] {
+            let msg = x.apply_op1_no_bwd(&bad).unwrap_err().to_string();
+            assert!(msg.contains("does not fit a 2x2 input"), "{msg}");
+        }
     }
 }
