@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the fuzz targets, each for SECONDS (default 60), from the committed seeds and
 # regression inputs: fuzz/run.sh [SECONDS] [TARGET...]. CI runs every target for 60 s; run
-# longer by hand (fuzz/run.sh 3600 pth). Installs cargo-fuzz on first use and builds with
+# longer by hand (fuzz/run.sh 3600 pth); FUZZ_SEED fixes libFuzzer's seed (CI: 1, so that a
+# run is repeatable). Installs cargo-fuzz on first use and builds with
 # the machine's stable toolchain (RUSTC_BOOTSTRAP lets it take the sanitizer flags).
 #
 # Every input is held to a memory bound: one allocation over MALLOC_MB, or a process over
@@ -29,7 +30,7 @@ for target in "${targets[@]}"; do
   status=0
   cargo fuzz run -O "$target" "$work/$target" "seeds/$target" "regressions/$target" -- \
     -max_total_time="$seconds" -malloc_limit_mb="${MALLOC_MB:-64}" \
-    -rss_limit_mb="${RSS_MB:-2048}" -timeout=10 -print_final_stats=1 \
+    -rss_limit_mb="${RSS_MB:-2048}" -timeout=10 -print_final_stats=1 ${FUZZ_SEED:+-seed=$FUZZ_SEED} \
     >"$work/$target.log" 2>&1 || status=$?
   grep -E '^stat::(number_of_executed_units|peak_rss_mb)|^#[0-9]+ +DONE' "$work/$target.log" || true
   if [ "$status" -ne 0 ]; then

@@ -7,8 +7,12 @@ use serde_json::json;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
+    /// 400: the request does not match the API (malformed body, unknown field, a value of
+    /// the wrong type or out of the documented range).
     #[error("{0}")]
     BadRequest(String),
+    /// 422: well-formed, but not something the model can run (an image that does not
+    /// decode, ids beyond its classes, a latent of the wrong length, conflicting options).
     #[error("{0}")]
     Unprocessable(String),
     #[error("{0}")]

@@ -207,28 +207,34 @@ fn is_length_limit(err: &axum::Error) -> bool {
 }
 
 /// `Authorization: Bearer KEY` (the scheme in any case, as RFC 9110 has it) or
-/// `X-API-Key: KEY`, compared in constant time.
+/// `X-API-Key: KEY`, compared in constant time. Every credential a request presents must be
+/// a valid key: a right Bearer token does not excuse a wrong `X-API-Key` beside it (nor an
+/// `Authorization` of another scheme), so that no header is silently ignored.
 async fn require_api_key(State(app): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     if app.api_keys.is_empty() {
         return next.run(req).await;
     }
     let headers = req.headers();
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .and_then(|(scheme, key)| {
-            scheme
-                .eq_ignore_ascii_case("bearer")
-                .then(|| key.trim_start())
-        })
-        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
-        .unwrap_or("");
-    let mut ok = subtle::Choice::from(0);
-    for key in &app.api_keys {
-        ok |= key.as_bytes().ct_eq(given.as_bytes());
-    }
-    if bool::from(ok) {
+    let bearer = headers.get_all(header::AUTHORIZATION).iter().map(|v| {
+        v.to_str()
+            .ok()
+            .and_then(|v| v.split_once(' '))
+            .and_then(|(scheme, key)| {
+                scheme
+                    .eq_ignore_ascii_case("bearer")
+                    .then(|| key.trim_start())
+            })
+    });
+    let api_key = headers.get_all("x-api-key").iter().map(|v| v.to_str().ok());
+    let presented: Vec<Option<&str>> = bearer.chain(api_key).collect();
+    let known = |given: &str| {
+        let mut ok = subtle::Choice::from(0);
+        for key in &app.api_keys {
+            ok |= key.as_bytes().ct_eq(given.as_bytes());
+        }
+        bool::from(ok)
+    };
+    if !presented.is_empty() && presented.iter().all(|key| key.is_some_and(known)) {
         next.run(req).await
     } else {
         ApiError::Unauthorized.into_response()

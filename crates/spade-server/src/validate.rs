@@ -51,7 +51,7 @@ pub fn synthesize(
             ))
         }
         (Some(_), Some(_), true) => {
-            return Err(ApiError::BadRequest(
+            return Err(ApiError::Unprocessable(
                 "give either `latent` or `style`, not both".into(),
             ))
         }
@@ -82,7 +82,7 @@ pub fn synthesize(
     let size = match (opts.width, opts.height, opts.fit) {
         (Some(w), Some(h), _) => Some(output_size(w, h, limits)?),
         (Some(_), None, _) | (None, Some(_), _) => {
-            return Err(ApiError::BadRequest(
+            return Err(ApiError::Unprocessable(
                 "give both `width` and `height`".into(),
             ))
         }
@@ -152,7 +152,7 @@ fn output_size(w: u32, h: u32, limits: &DecodeLimits) -> Result<(usize, usize), 
 /// A label map: ids as grey or palette PNG, or colours of the model's palette.
 fn decode_label(model: &ModelInfo, bytes: &[u8], limits: &DecodeLimits) -> Result<IdMap, ApiError> {
     if bytes.is_empty() {
-        return Err(ApiError::BadRequest("label: the mask is empty".into()));
+        return Err(ApiError::Unprocessable("label: the mask is empty".into()));
     }
     let mut decoder = png::Decoder::new(Cursor::new(bytes));
     let header = decoder

@@ -355,6 +355,26 @@ async fn api_keys_guard_v1_only() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
+    // Every credential presented must hold: a right token beside a wrong key (or a
+    // credential of another scheme) is refused, not half-checked.
+    for (name, value) in [("x-api-key", "wrong"), ("authorization", "Basic czNjcmV0")] {
+        let r = client
+            .get(&url)
+            .bearer_auth("s3cret")
+            .header(name, value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{name}: {value}");
+    }
+    let r = client
+        .get(&url)
+        .bearer_auth("s3cret")
+        .header("x-api-key", "s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
     let r = post_png(&client, &format!("{base}/v1/synthesize"), coco_label()).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     for open in ["/healthz", "/readyz", "/metrics", "/openapi.yaml"] {
@@ -464,7 +484,7 @@ async fn bad_inputs_get_clear_4xx_and_the_server_stays_healthy() {
             "empty body",
             "",
             Body::Png(Vec::new()),
-            StatusCode::BAD_REQUEST,
+            StatusCode::UNPROCESSABLE_ENTITY,
             "empty",
         ),
         (
@@ -555,7 +575,7 @@ async fn bad_inputs_get_clear_4xx_and_the_server_stays_healthy() {
             "width without height",
             "width=64",
             Body::Png(label.clone()),
-            StatusCode::BAD_REQUEST,
+            StatusCode::UNPROCESSABLE_ENTITY,
             "height",
         ),
         (

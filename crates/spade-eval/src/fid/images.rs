@@ -64,54 +64,10 @@ pub fn read_input(path: &Path) -> Result<Vec<f32>> {
     }
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let what = path.display().to_string();
-    let limits = DecodeLimits::default();
-    if let Some((rgb, width, height)) = decode_jpeg(&bytes, &what, &limits)? {
-        return Ok(network_input(&rgb, width, height));
-    }
-    let rgb = decode_photo(&bytes, &what, &limits)?;
+    // JPEGs through libjpeg-turbo, as Pillow decodes them: other decoders round the inverse
+    // DCT and chroma upsampling differently, which moves pool3 features by 5e-2.
+    let rgb = decode_photo(&bytes, &what, &DecodeLimits::default())?;
     Ok(network_input(&rgb.data, rgb.width, rgb.height))
-}
-
-/// A JPEG through libjpeg-turbo's decoder, which Pillow uses: other decoders round the
-/// inverse DCT and the chroma upsampling differently (by 1-2 levels on a quarter of the
-/// pixels of a 4:2:0 file), which moves pool3 features by 5e-2. `None` for files that are not
-/// JPEGs, and for CMYK JPEGs, which libjpeg does not turn into RGB.
-fn decode_jpeg(
-    bytes: &[u8],
-    what: &str,
-    limits: &DecodeLimits,
-) -> Result<Option<(Vec<u8>, usize, usize)>> {
-    if !bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
-        return Ok(None);
-    }
-    let decode = || -> std::io::Result<Option<(Vec<u8>, usize, usize)>> {
-        let jpeg = mozjpeg::Decompress::new_mem(bytes)?;
-        if matches!(
-            jpeg.color_space(),
-            mozjpeg::ColorSpace::JCS_CMYK | mozjpeg::ColorSpace::JCS_YCCK
-        ) {
-            return Ok(None);
-        }
-        let (width, height) = jpeg.size();
-        limits
-            .check(width as u32, height as u32, what)
-            .map_err(std::io::Error::other)?;
-        let mut rgb = jpeg.rgb()?;
-        let pixels: Vec<[u8; 3]> = rgb.read_scanlines()?;
-        rgb.finish()?;
-        Ok(Some((pixels.into_flattened(), width, height)))
-    };
-    // libjpeg's fatal errors unwind out of the decoder with their message.
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)) {
-        Ok(result) => result.with_context(|| format!("{what}: cannot decode JPEG")),
-        Err(panic) => {
-            let message = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .unwrap_or_else(|| "libjpeg failed".to_string());
-            bail!("{what}: cannot decode JPEG: {message}")
-        }
-    }
 }
 
 #[cfg(test)]

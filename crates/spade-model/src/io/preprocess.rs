@@ -135,8 +135,12 @@ pub fn decode_id_png(bytes: &[u8], what: &str, limits: &DecodeLimits) -> Result<
     Ok(Raster::new(w, h, 1, data))
 }
 
-/// Decodes a photo (PNG, JPEG or WebP) to 8-bit RGB, as PIL's `convert('RGB')`.
+/// Decodes a photo (PNG, JPEG, WebP, BMP or PNM) to 8-bit RGB, as PIL's `convert('RGB')`;
+/// JPEGs through libjpeg-turbo as Pillow ([`super::jpeg`]).
 pub fn decode_photo(bytes: &[u8], what: &str, limits: &DecodeLimits) -> Result<Raster<u8>> {
+    if super::jpeg::is_jpeg(bytes) {
+        return super::jpeg::decode_jpeg(bytes, what, limits);
+    }
     let fail = |reason: String| Error::input(what, reason);
     let open = || {
         ImageReader::new(Cursor::new(bytes))
