@@ -7,21 +7,20 @@
 //! `fuzz`.
 #![no_main]
 
+#[path = "common.rs"]
+mod common;
+
 use std::sync::LazyLock;
 
 use axum::body::Body;
 use axum::http::Request;
+use common::LIMITS;
 use libfuzzer_sys::fuzz_target;
-use spade_model::io::preprocess::{DecodeLimits, Preprocessor};
+use spade_model::io::preprocess::Preprocessor;
 use spade_model::Config;
 use spade_server::classes::ClassTable;
 use spade_server::models::ModelInfo;
 use spade_server::{request, validate};
-
-const LIMITS: DecodeLimits = DecodeLimits {
-    max_side: 1024,
-    max_pixels: 512 * 512,
-};
 
 const CONTENT_TYPES: [&str; 4] = [
     "image/png",
