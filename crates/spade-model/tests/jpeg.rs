@@ -58,5 +58,10 @@ fn jpeg_size_is_checked_before_decoding() {
         max_pixels: 16 * 16,
     };
     let err = decode_photo(&data("rgb420.jpg"), "style", &limits).unwrap_err();
-    assert!(err.to_string().contains("style"), "{err}");
+    let text = err.to_string();
+    assert!(matches!(err, Error::Input { .. }), "{text}");
+    assert!(
+        text.contains("style") && text.contains("20x24 exceeds"),
+        "{text}"
+    );
 }

@@ -12,52 +12,49 @@ use super::resample::Raster;
 use crate::error::{Error, Result};
 
 /// Whether the bytes start like a JPEG file (SOI followed by a marker).
-pub fn is_jpeg(bytes: &[u8]) -> bool {
+pub(crate) fn is_jpeg(bytes: &[u8]) -> bool {
     bytes.starts_with(&[0xFF, 0xD8, 0xFF])
 }
 
 /// Decodes a JPEG to 8-bit RGB; the size is checked against `limits` before any pixel is
 /// decoded. `what` names the input in errors.
-pub fn decode_jpeg(bytes: &[u8], what: &str, limits: &DecodeLimits) -> Result<Raster<u8>> {
-    let decode = || -> std::result::Result<Raster<u8>, String> {
-        let jpeg = Decompress::new_mem(bytes).map_err(|e| e.to_string())?;
+pub(crate) fn decode_jpeg(bytes: &[u8], what: &str, limits: &DecodeLimits) -> Result<Raster<u8>> {
+    let decode = || -> std::io::Result<Raster<u8>> {
+        let jpeg = Decompress::new_mem(bytes)?;
         let (width, height) = jpeg.size();
         limits
             .check(width as u32, height as u32, what)
-            .map_err(|e| e.to_string())?;
+            .map_err(std::io::Error::other)?;
         let rgb = if matches!(
             jpeg.color_space(),
             ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK
         ) {
-            let mut cmyk = jpeg
-                .to_colorspace(ColorSpace::JCS_CMYK)
-                .map_err(|e| e.to_string())?;
-            let pixels: Vec<[u8; 4]> = cmyk.read_scanlines().map_err(|e| e.to_string())?;
-            cmyk.finish().map_err(|e| e.to_string())?;
+            let mut cmyk = jpeg.to_colorspace(ColorSpace::JCS_CMYK)?;
+            let pixels: Vec<[u8; 4]> = cmyk.read_scanlines()?;
+            cmyk.finish()?;
             pixels
                 .into_iter()
                 .flat_map(|p| cmyk_to_rgb(p.map(|v| 255 - v)))
                 .collect()
         } else {
-            let mut rgb = jpeg.rgb().map_err(|e| e.to_string())?;
-            let pixels: Vec<[u8; 3]> = rgb.read_scanlines().map_err(|e| e.to_string())?;
-            rgb.finish().map_err(|e| e.to_string())?;
+            let mut rgb = jpeg.rgb()?;
+            let pixels: Vec<[u8; 3]> = rgb.read_scanlines()?;
+            rgb.finish()?;
             pixels.into_flattened()
         };
         Ok(Raster::new(width, height, 3, rgb))
     };
     // libjpeg's fatal errors unwind out of the decoder (mozjpeg's `unwinding`) with their
     // message, without the panic hook.
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)) {
-        Ok(result) => result.map_err(|e| Error::input(what, format!("cannot decode JPEG: {e}"))),
-        Err(panic) => {
-            let message = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .unwrap_or_else(|| "libjpeg failed".to_string());
-            Err(Error::input(what, format!("cannot decode JPEG: {message}")))
-        }
-    }
+    let reason = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)) {
+        Ok(Ok(rgb)) => return Ok(rgb),
+        Ok(Err(e)) => e.to_string(),
+        Err(panic) => panic
+            .downcast_ref::<String>()
+            .cloned()
+            .unwrap_or_else(|| "libjpeg failed".to_string()),
+    };
+    Err(Error::input(what, format!("cannot decode JPEG: {reason}")))
 }
 
 /// Pillow's CMYK to RGB (of the inverted samples): each channel `(255 - k) - c (255 - k) /

@@ -207,7 +207,7 @@ impl Rule {
         let flat = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
         let g = flat(grad)?;
         let (mut exp_avg, mut exp_avg_sq) = (flat(&m.exp_avg)?, flat(&m.exp_avg_sq)?);
-        let mut param = flat(&var.as_tensor().detach())?;
+        let mut param = flat(var.as_tensor())?;
         let [beta1, keep1, beta2, keep2, inv_bc2, eps, step_size] = [
             self.beta1,
             1.0 - self.beta1,
