@@ -30,19 +30,23 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(path) = &args.classes {
         ckpt.classes = Some(read_classes(path, &ckpt.config)?);
     }
+    // Only what the networks read is written (an official file also keeps, say, batch
+    // norm's `num_batches_tracked`, which inference never uses); building them on the way
+    // means a checkpoint that cannot run is never converted.
+    ckpt = SpadeModel::used_tensors(&ckpt)?;
     if args.half {
         ckpt = ckpt.with_storage_dtype(DType::F16)?;
+        // Half precision may overflow a weight to infinity: check the file as it will load.
+        SpadeModel::from_checkpoint(&ckpt, &Device::Cpu, DType::F32)?;
     }
-    // Build the networks once so a checkpoint that cannot run is never converted.
-    SpadeModel::from_checkpoint(&ckpt, &Device::Cpu, DType::F32)?;
     ckpt.save(&args.out)
         .with_context(|| format!("writing {}", args.out.display()))?;
     println!(
         "wrote {} ({} generator tensors{})",
         args.out.display(),
-        ckpt.generator.tensors.len(),
+        ckpt.generator.len(),
         match &ckpt.encoder {
-            Some(e) => format!(", {} encoder tensors", e.tensors.len()),
+            Some(e) => format!(", {} encoder tensors", e.len()),
             None => String::new(),
         }
     );

@@ -3,8 +3,6 @@
 //! maps (pixel accuracy, mean IoU). The ceiling is the segmenter on the real procedural
 //! photos of the same maps; a random-weight model of the same architecture is the floor.
 
-use std::collections::HashMap;
-
 use anyhow::{ensure, Result};
 use candle_core::{DType, Device, Tensor};
 use spade_model::io::preprocess::{to_rgb8, IdMap, Preprocessor};
@@ -132,21 +130,25 @@ pub fn random_weights(checkpoint: &Checkpoint, seed: u64, device: &Device) -> Re
     let mut random = checkpoint.clone();
     let mut n = 0u64;
     for dict in std::iter::once(&mut random.generator).chain(random.encoder.as_mut()) {
-        let mut names: Vec<String> = dict.tensors.keys().cloned().collect();
-        names.sort();
-        let mut tensors = HashMap::new();
-        for name in names {
-            let shape = dict.tensors[&name].shape().clone();
+        let shapes: Vec<(String, Vec<usize>)> = dict
+            .names()
+            .map(|name| {
+                (
+                    name.to_string(),
+                    dict.dims(name).unwrap_or_default().to_vec(),
+                )
+            })
+            .collect();
+        for (name, shape) in shapes {
             let value = if name.ends_with("running_var") {
                 Tensor::ones(shape, DType::F32, device)?
             } else {
                 n += 1;
-                let count = shape.elem_count();
+                let count = shape.iter().product();
                 Tensor::from_vec(normal(seed.wrapping_add(n), count, 0.02), shape, device)?
             };
-            tensors.insert(name, value);
+            dict.insert(name, value);
         }
-        dict.tensors = tensors;
     }
     Ok(SpadeModel::from_checkpoint(&random, device, DType::F32)?)
 }

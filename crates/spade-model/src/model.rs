@@ -38,9 +38,6 @@ impl SpadeModel {
             ));
         }
         let config = ckpt.config.clone();
-        for dict in std::iter::once(&ckpt.generator).chain(&ckpt.encoder) {
-            dict.check_finite()?;
-        }
         let g = &ckpt.generator;
         let generator =
             Generator::new(&config, g.var_builder(dtype, device)).map_err(|e| g.context(e))?;
@@ -57,6 +54,25 @@ impl SpadeModel {
             encoder,
             device: device.clone(),
             dtype,
+        })
+    }
+
+    /// The checkpoint trimmed to the tensors its networks read, as stored: what
+    /// `spade convert` writes. Building the networks this way also proves that it runs.
+    pub fn used_tensors(ckpt: &Checkpoint) -> Result<Checkpoint> {
+        let config = &ckpt.config;
+        let generator = ckpt
+            .generator
+            .used_by(|vb| Generator::new(config, vb).map(drop))?;
+        let encoder = match &ckpt.encoder {
+            Some(e) => Some(e.used_by(|vb| Encoder::new(config, vb).map(drop))?),
+            None => None,
+        };
+        Ok(Checkpoint {
+            config: config.clone(),
+            generator,
+            encoder,
+            classes: ckpt.classes.clone(),
         })
     }
 

@@ -82,9 +82,7 @@ fn pickle_naming_an_unexpected_global_is_refused() {
 #[test]
 fn missing_tensor_is_named() {
     let mut ckpt = Checkpoint::open(&case("gen_coco_eval")).unwrap();
-    ckpt.generator
-        .tensors
-        .remove("up_1.norm_0.mlp_gamma.weight");
+    assert!(ckpt.generator.remove("up_1.norm_0.mlp_gamma.weight"));
     let err = SpadeModel::from_checkpoint(&ckpt, &Device::Cpu, candle_core::DType::F32)
         .unwrap_err()
         .to_string();
@@ -98,7 +96,7 @@ fn missing_tensor_is_named() {
 fn wrong_shape_names_expected_and_actual() {
     let mut ckpt = Checkpoint::open(&case("gen_coco_eval")).unwrap();
     let bad = Tensor::zeros((64, 13, 3, 3), DType::F32, &Device::Cpu).unwrap();
-    ckpt.generator.tensors.insert("fc.weight".into(), bad);
+    ckpt.generator.insert("fc.weight", bad);
     let err = SpadeModel::from_checkpoint(&ckpt, &Device::Cpu, candle_core::DType::F32)
         .unwrap_err()
         .to_string();
@@ -149,11 +147,12 @@ fn nan_or_infinite_weights_are_refused_with_the_tensor_name() {
     for bad_value in [f32::NAN, f32::INFINITY] {
         let mut ckpt = Checkpoint::open(&case("gen_coco_eval")).unwrap();
         let name = "head_0.conv_0.bias";
-        let good = ckpt.generator.tensors[name].clone();
+        let shape = ckpt.generator.dims(name).unwrap().to_vec();
+        let good = ckpt.generator.tensor(name, &shape).unwrap();
         let mut values = good.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         values[3] = bad_value;
         let bad = Tensor::from_vec(values, good.shape(), &Device::Cpu).unwrap();
-        ckpt.generator.tensors.insert(name.into(), bad);
+        ckpt.generator.insert(name, bad);
         let err = SpadeModel::from_checkpoint(&ckpt, &Device::Cpu, DType::F32)
             .unwrap_err()
             .to_string();
@@ -341,4 +340,72 @@ fn one_storage_viewed_over_and_over_is_refused() {
     let err = pth::read(&dst).expect_err("must fail").to_string();
     assert!(err.contains("shared.pth"), "{err}");
     assert!(err.contains("over 16x the file's"), "{err}");
+}
+
+#[test]
+fn only_the_tensors_the_model_uses_are_read_or_converted() {
+    // The coco generator plus a tensor the model never asks for, its storage cut short:
+    // reading it fails, so a model that loads has not read it.
+    let tmp = tempfile::tempdir().unwrap();
+    let official = case("gen_coco_eval").join("latest_net_G.pth");
+    let mut entries: Vec<(String, Tensor)> = pth::read(&official).unwrap().into_iter().collect();
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    let official_names: Vec<String> = entries.iter().map(|(n, _)| n.clone()).collect();
+    entries.push((
+        "unused.weight".into(),
+        Tensor::zeros(1000, DType::F32, &Device::Cpu).unwrap(),
+    ));
+    let src = tmp.path().join("full.pth");
+    pth_write::write_archive(&src, &entries).unwrap();
+    let cut = format!("data/{}", entries.len() - 1);
+    let (_dir_tmp, dir) = folder_with(b"", &coco_opt());
+    repack(
+        &src,
+        &dir.join("latest_net_G.pth"),
+        zip::CompressionMethod::Stored,
+        |name, bytes| {
+            if name.ends_with(&cut) {
+                bytes[..8].to_vec()
+            } else {
+                bytes
+            }
+        },
+    );
+    let err = pth::read(&dir.join("latest_net_G.pth"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unused.weight"), "{err}");
+
+    let ckpt = Checkpoint::open(&dir).unwrap();
+    let model = SpadeModel::from_checkpoint(&ckpt, &Device::Cpu, DType::F32).unwrap();
+    let reference = SpadeModel::load(&case("gen_coco_eval"), &Device::Cpu).unwrap();
+
+    // What `convert` writes: the tensors read, without the unused one nor the batch-norm
+    // counters that inference never reads; the file gives the same images.
+    let used = SpadeModel::used_tensors(&ckpt).unwrap();
+    let used_names: Vec<&str> = used.generator.names().collect();
+    let expected: Vec<&str> = official_names
+        .iter()
+        .map(String::as_str)
+        .filter(|n| !n.ends_with("num_batches_tracked"))
+        .collect();
+    assert_eq!(used_names, expected);
+    let file = tmp.path().join("converted.safetensors");
+    used.save(&file).unwrap();
+    let converted = SpadeModel::load(&file, &Device::Cpu).unwrap();
+
+    let cfg = &reference.config;
+    let (h, w) = cfg.output_size();
+    let semantics = Tensor::rand(0f32, 1.0, (1, cfg.semantic_nc(), h, w), &Device::Cpu).unwrap();
+    let out = |m: &SpadeModel| {
+        m.synthesize(&semantics, None)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let expected_out = out(&reference);
+    assert_eq!(out(&model), expected_out);
+    assert_eq!(out(&converted), expected_out);
 }

@@ -4,7 +4,7 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use common::{assert_close, case, npy, read};
-use spade_model::io::checkpoint::{pth, Checkpoint, StateDict};
+use spade_model::io::checkpoint::{pth, Checkpoint};
 use spade_model::io::preprocess::{decode_id_png, Preprocessor};
 use spade_model::SpadeModel;
 
@@ -91,10 +91,7 @@ fn cityscapes_generator_matches_reference_from_both_pth_formats() {
     let zip_path = dir.join("zip_net_G.pth");
     let zip = Checkpoint {
         config: legacy.config.clone(),
-        generator: StateDict {
-            tensors: pth::read(&zip_path).unwrap(),
-            source: zip_path,
-        },
+        generator: pth::open(&zip_path).unwrap(),
         encoder: None,
         classes: None,
     };

@@ -2,12 +2,10 @@
 //! (`pt_inception-2015-12-05-6726825d.pth`), read with the checkpoint loader (no Python), and
 //! looked for where a user of pytorch-fid already has it.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
-use candle_core::Tensor;
-use spade_model::io::checkpoint::{pth, safetensors};
+use anyhow::{bail, Result};
+use spade_model::io::checkpoint::StateDict;
 
 /// The file name pytorch-fid downloads into the torch hub cache.
 pub const FILE_NAME: &str = "pt_inception-2015-12-05-6726825d.pth";
@@ -55,59 +53,41 @@ fn hub_cache() -> Option<PathBuf> {
     Some(torch_home.join("hub").join("checkpoints").join(FILE_NAME))
 }
 
-/// The state dict of a weights file (`.pth`, or `.safetensors` with the same keys).
+/// The state dict of a weights file (`.pth`, or `.safetensors` with the same keys); a
+/// `.pth`'s tensors are read as the network asks for them.
 pub struct Weights {
-    path: PathBuf,
-    tensors: HashMap<String, Tensor>,
+    dict: StateDict,
 }
 
 impl Weights {
     pub fn read(path: &Path) -> Result<Self> {
-        let is_safetensors = path.extension().is_some_and(|e| e == "safetensors");
-        let tensors = if is_safetensors {
-            safetensors::read_plain(path)?
-        } else {
-            pth::read(path)?
-        };
         Ok(Self {
-            path: path.to_path_buf(),
-            tensors,
+            dict: StateDict::open(path)?,
         })
     }
 
-    /// The tensor `name` as float32 values, checked against `shape`.
+    /// The tensor `name` as float32 values, checked against `shape` and for NaN / infinity.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        let tensor = self.tensors.get(name).with_context(|| {
-            format!(
-                "FID Inception weights {}: no tensor `{name}` (is this pytorch-fid's {FILE_NAME}?)",
-                self.path.display()
-            )
-        })?;
-        if tensor.dims() != shape {
+        if self.dict.dims(name).is_none() {
             bail!(
-                "FID Inception weights {}: tensor `{name}` has shape {:?}, expected {shape:?}",
-                self.path.display(),
-                tensor.dims()
+                "FID Inception weights {}: no tensor `{name}` (is this pytorch-fid's {FILE_NAME}?)",
+                self.dict.source.display()
             );
         }
-        let values: Vec<f32> = tensor
+        Ok(self
+            .dict
+            .tensor(name, shape)?
             .to_dtype(candle_core::DType::F32)?
             .flatten_all()?
-            .to_vec1()?;
-        if let Some(bad) = values.iter().position(|v| !v.is_finite()) {
-            bail!(
-                "FID Inception weights {}: tensor `{name}` holds {} at index {bad}",
-                self.path.display(),
-                values[bad]
-            );
-        }
-        Ok(values)
+            .to_vec1()?)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Tensor;
+    use std::collections::HashMap;
 
     #[test]
     fn missing_misshapen_and_non_finite_tensors_are_named() {
@@ -135,6 +115,6 @@ mod tests {
         let err = w.get("c", &[1]).unwrap_err().to_string();
         assert!(err.contains("no tensor `c`"), "{err}");
         let err = w.get("b", &[2]).unwrap_err().to_string();
-        assert!(err.contains("`b` holds inf at index 1"), "{err}");
+        assert!(err.contains("`b` holds NaN or infinite values"), "{err}");
     }
 }

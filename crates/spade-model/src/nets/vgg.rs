@@ -1,13 +1,12 @@
 //! VGG19 features for the perceptual loss: torchvision's `vgg19().features` up to `relu5_1`,
 //! with frozen weights from a `.pth` or safetensors file (`--vgg_weights`).
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
-use crate::io::checkpoint::{pth, safetensors};
+use crate::io::checkpoint::StateDict;
 
 /// `(index in features, in channels, out channels)` of the convolutions used, in order, and
 /// after which of them a 2x2 max-pool follows.
@@ -36,26 +35,20 @@ pub struct Vgg19 {
 
 impl Vgg19 {
     /// Loads the 26 tensors `features.{i}.{weight,bias}`; other keys (the classifier of a
-    /// full torchvision checkpoint) are ignored.
+    /// full torchvision checkpoint, most of its bytes) are never read.
     pub fn load(path: &Path, device: &Device, dtype: DType) -> Result<Self> {
-        let tensors: HashMap<String, Tensor> = match path.extension().and_then(|e| e.to_str()) {
-            Some("safetensors") => safetensors::read_plain(path)?,
-            _ => pth::read(path)?,
-        };
+        let dict = StateDict::open(path)?;
         let fetch = |key: String, shape: &[usize]| -> Result<Tensor> {
-            let t = tensors.get(&key).ok_or_else(|| {
-                Error::checkpoint(
-                    path,
-                    format!("missing `{key}` (expected torchvision VGG19 weights)"),
-                )
-            })?;
-            if t.dims() != shape {
+            if dict.dims(&key).is_none() {
                 return Err(Error::checkpoint(
                     path,
-                    format!("`{key}` has shape {:?}, expected {shape:?}", t.dims()),
+                    format!("missing `{key}` (expected torchvision VGG19 weights)"),
                 ));
             }
-            Ok(t.to_dtype(dtype)?.to_device(device)?)
+            Ok(dict
+                .tensor(&key, shape)?
+                .to_dtype(dtype)?
+                .to_device(device)?)
         };
         let convs = CONVS
             .iter()

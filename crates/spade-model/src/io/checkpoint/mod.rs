@@ -1,16 +1,18 @@
 //! Checkpoint files: an official folder (`opt.txt`, `latest_net_G.pth`, optionally
-//! `latest_net_E.pth` and our `classes.txt`) or one converted safetensors file, read into
-//! named CPU tensors.
+//! `latest_net_E.pth` and our `classes.txt`) or one converted safetensors file, as named
+//! CPU tensors (those of a `.pth` read only when a network asks for them).
 
 pub mod pth;
 pub mod pth_write;
 pub mod safetensors;
+mod state_dict;
+
+pub use state_dict::StateDict;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
+use candle_core::{DType, Tensor};
 
 use crate::error::{Error, Result};
 use crate::io::classes::ClassList;
@@ -20,55 +22,6 @@ use crate::io::config::Config;
 pub const GENERATOR_PREFIX: &str = "netG";
 /// Prefix of the encoder tensors in a converted file.
 pub const ENCODER_PREFIX: &str = "netE";
-
-/// The state dict of one network and the file it came from (for error messages).
-#[derive(Debug, Clone)]
-pub struct StateDict {
-    pub source: PathBuf,
-    pub tensors: HashMap<String, Tensor>,
-}
-
-impl StateDict {
-    /// A builder that serves these tensors as `dtype` on `device`.
-    pub fn var_builder(&self, dtype: DType, device: &Device) -> VarBuilder<'static> {
-        VarBuilder::from_tensors(self.tensors.clone(), dtype, device)
-    }
-
-    /// Refuses NaN or infinite weights, naming the tensor: they load without complaint and
-    /// then give black images.
-    pub fn check_finite(&self) -> Result<()> {
-        let mut names: Vec<&String> = self.tensors.keys().collect();
-        names.sort();
-        for name in names {
-            let tensor = &self.tensors[name];
-            if !tensor.dtype().is_float() {
-                continue;
-            }
-            // x - x is 0 for finite x and NaN otherwise; the sum is finite only if all are.
-            let sum = tensor
-                .sub(tensor)
-                .and_then(|d| d.to_dtype(DType::F32))
-                .and_then(|d| d.sum_all())
-                .and_then(|d| d.to_scalar::<f32>())
-                .map_err(|e| Error::checkpoint(&self.source, format!("tensor `{name}`: {e}")))?;
-            if !sum.is_finite() {
-                return Err(Error::checkpoint(
-                    &self.source,
-                    format!("tensor `{name}` holds NaN or infinite values"),
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// Wraps a construction error with the file name.
-    pub fn context(&self, error: Error) -> Error {
-        match error {
-            Error::Candle(e) => Error::checkpoint(&self.source, e),
-            other => other,
-        }
-    }
-}
 
 /// A model's config with the state dicts of its generator and (optional) encoder.
 #[derive(Debug, Clone)]
@@ -111,16 +64,10 @@ impl Checkpoint {
         if !g_path.is_file() {
             return Err(Error::checkpoint(dir, format!("missing {epoch}_net_G.pth")));
         }
-        let generator = StateDict {
-            tensors: pth::read(&g_path)?,
-            source: g_path,
-        };
+        let generator = pth::open(&g_path)?;
         let e_path = dir.join(format!("{epoch}_net_E.pth"));
         let encoder = if e_path.is_file() {
-            Some(StateDict {
-                tensors: pth::read(&e_path)?,
-                source: e_path,
-            })
+            Some(pth::open(&e_path)?)
         } else {
             None
         };
@@ -167,10 +114,7 @@ impl Checkpoint {
         if generator.is_empty() {
             return Err(Error::checkpoint(path, "holds no `netG.` tensors"));
         }
-        let dict = |tensors| StateDict {
-            source: path.to_path_buf(),
-            tensors,
-        };
+        let dict = |tensors| StateDict::from_tensors(path, tensors);
         Ok(Self {
             config,
             generator: dict(generator),
@@ -182,31 +126,28 @@ impl Checkpoint {
     /// The same checkpoint with every floating-point tensor stored as `dtype` (half precision
     /// halves a converted file; loading widens it back to the compute precision).
     pub fn with_storage_dtype(mut self, dtype: DType) -> Result<Self> {
-        for dict in std::iter::once(&mut self.generator).chain(self.encoder.as_mut()) {
-            for tensor in dict.tensors.values_mut() {
-                if tensor.dtype().is_float() {
-                    *tensor = tensor
-                        .to_dtype(dtype)
-                        .map_err(|e| Error::checkpoint(&dict.source, e))?;
-                }
-            }
-        }
+        self.generator = self.generator.to_storage_dtype(dtype)?;
+        self.encoder = self
+            .encoder
+            .map(|e| e.to_storage_dtype(dtype))
+            .transpose()?;
         Ok(self)
     }
 
     /// Writes everything to one safetensors file, config included.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let prefixed = |prefix: &str, dict: &StateDict| {
-            dict.tensors
-                .iter()
-                .map(move |(k, v)| (format!("{prefix}.{k}"), v.clone()))
-                .collect::<Vec<_>>()
+        let prefixed = |prefix: &str, dict: &StateDict| -> Result<Vec<(String, Tensor)>> {
+            Ok(dict
+                .read_all()?
+                .into_iter()
+                .map(|(k, v)| (format!("{prefix}.{k}"), v))
+                .collect())
         };
-        let mut all: HashMap<String, Tensor> = prefixed(GENERATOR_PREFIX, &self.generator)
+        let mut all: HashMap<String, Tensor> = prefixed(GENERATOR_PREFIX, &self.generator)?
             .into_iter()
             .collect();
         if let Some(encoder) = &self.encoder {
-            all.extend(prefixed(ENCODER_PREFIX, encoder));
+            all.extend(prefixed(ENCODER_PREFIX, encoder)?);
         }
         safetensors::write(path, &self.config, self.classes.as_ref(), &all)
     }

@@ -1,13 +1,14 @@
 //! Official PyTorch `.pth` state dicts, legacy (PyTorch < 1.6) and zip, through the
-//! `pytorch-reader` crate, which parses pickles without executing them and checks every
-//! declared size against the file.
+//! `pytorch-reader` crate, which parses pickles without executing them, checks every
+//! declared size against the file and reads each tensor only when asked.
 
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use pytorch_reader::{PickleValue, PytorchReader};
 
+use super::StateDict;
 use crate::error::{Error, Result};
 
 /// How many times its file's size the tensors of a state dict may take once read. A real
@@ -18,17 +19,17 @@ const MAX_AMPLIFICATION: u64 = 16;
 /// Slack for tiny files, whose zip directory and pickle outweigh their tensors.
 const MATERIALISED_SLACK: u64 = 1 << 20;
 
-/// Reads a state dict into CPU tensors keyed by the official names (`head_0.conv_0.weight_orig`).
+/// Opens a state dict keyed by the official names (`head_0.conv_0.weight_orig`), its
+/// tensors left in the file until they are asked for (see [`StateDict`]).
 ///
 /// Besides tensors a state dict holds only plain data (its `_metadata` of module versions);
 /// a pickle naming any other Python global is refused, as `torch.load(weights_only=True)` does.
 ///
 /// A state dict as `torch.save` writes it stores every tensor's bytes uncompressed, once.
-/// Before anything is read, storages compressed inside the zip, a tensor larger than the
-/// whole file (a view wider than its storage, such as `expand`'s zero strides) and tensors
-/// that together take more than [`MAX_AMPLIFICATION`] times the file (one storage viewed
-/// over and over) are refused: a small file must not cost gigabytes.
-pub fn read(path: &Path) -> Result<HashMap<String, Tensor>> {
+/// Before anything is read, storages compressed inside the zip, element types SPADE never
+/// uses, and a tensor larger than the whole file (a view wider than its storage, such as
+/// `expand`'s zero strides) are refused.
+pub fn open(path: &Path) -> Result<StateDict> {
     let fail = |reason: String| Error::checkpoint(path, reason);
     let structure = PytorchReader::read_pickle_data(path, None).map_err(|e| fail(e.to_string()))?;
     check_globals(&structure, "").map_err(fail)?;
@@ -40,8 +41,7 @@ pub fn read(path: &Path) -> Result<HashMap<String, Tensor>> {
     let file_len = std::fs::metadata(path)
         .map_err(|e| Error::io(path, e))?
         .len();
-    check_materialised_size(reader.tensors(), file_len).map_err(fail)?;
-    reader
+    let tensors = reader
         .into_tensors()
         .into_iter()
         .map(|(name, tensor)| {
@@ -51,13 +51,43 @@ pub fn read(path: &Path) -> Result<HashMap<String, Tensor>> {
                     tensor.dtype()
                 ))
             })?;
-            let bytes = tensor.read().map_err(|e| fail(e.to_string()))?;
-            let shape = tensor.shape().to_vec();
-            let value = Tensor::from_raw_buffer(&bytes, dtype, &shape, &Device::Cpu)
-                .map_err(|e| fail(format!("tensor `{name}`: {e}")))?;
-            Ok((name, value))
+            let bytes = tensor.byte_len() as u64;
+            if bytes > file_len.saturating_add(MATERIALISED_SLACK) {
+                return Err(fail(format!(
+                    "tensor `{name}` would take {bytes} bytes once read, more than the whole \
+                     file ({file_len} bytes): a view wider than its storage (zero strides) is \
+                     refused"
+                )));
+            }
+            Ok((name, dtype, tensor))
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    Ok(StateDict::from_stored(path, tensors))
+}
+
+/// Reads every tensor of a state dict (see [`open`]), for files whose every tensor is
+/// wanted (training state, reference weights in tests). On top of [`open`]'s checks, the
+/// tensors together may take at most [`MAX_AMPLIFICATION`] times the file (one storage
+/// viewed over and over is refused).
+pub fn read(path: &Path) -> Result<HashMap<String, Tensor>> {
+    let dict = open(path)?;
+    let file_len = std::fs::metadata(path)
+        .map_err(|e| Error::io(path, e))?
+        .len();
+    let total = dict.byte_len();
+    let budget = file_len
+        .saturating_mul(MAX_AMPLIFICATION)
+        .saturating_add(MATERIALISED_SLACK);
+    if total > budget {
+        return Err(Error::checkpoint(
+            path,
+            format!(
+                "its tensors would take {total} bytes once read, over {MAX_AMPLIFICATION}x the \
+                 file's {file_len} bytes: one storage viewed over and over is refused"
+            ),
+        ));
+    }
+    dict.read_all()
 }
 
 /// Refuses zip entries that are not stored as they are: `torch.save` never compresses, and
@@ -79,34 +109,6 @@ fn check_stored(path: &Path) -> std::result::Result<(), String> {
                 entry.compression()
             ));
         }
-    }
-    Ok(())
-}
-
-/// Each tensor must fit in the file; all of them together in [`MAX_AMPLIFICATION`] times it.
-fn check_materialised_size(
-    tensors: &HashMap<String, pytorch_reader::Tensor>,
-    file_len: u64,
-) -> std::result::Result<(), String> {
-    let bytes = |t: &pytorch_reader::Tensor| t.byte_len() as u64;
-    if let Some((name, t)) = tensors.iter().max_by_key(|(_, t)| t.byte_len()) {
-        if bytes(t) > file_len.saturating_add(MATERIALISED_SLACK) {
-            return Err(format!(
-                "tensor `{name}` would take {} bytes once read, more than the whole file \
-                 ({file_len} bytes): a view wider than its storage (zero strides) is refused",
-                bytes(t)
-            ));
-        }
-    }
-    let total: u64 = tensors.values().map(bytes).sum();
-    let budget = file_len
-        .saturating_mul(MAX_AMPLIFICATION)
-        .saturating_add(MATERIALISED_SLACK);
-    if total > budget {
-        return Err(format!(
-            "its tensors would take {total} bytes once read, over {MAX_AMPLIFICATION}x the \
-             file's {file_len} bytes: one storage viewed over and over is refused"
-        ));
     }
     Ok(())
 }
