@@ -8,16 +8,20 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use rand::{Rng, SeedableRng};
+use spade_model::io::checkpoint::StateDict;
 use spade_model::io::preprocess::Preprocessor;
 use spade_model::io::resample::Raster;
 use spade_model::nets::generator::Generator;
-use spade_model::Config;
+use spade_model::{Checkpoint, Config, SpadeModel};
 
 #[derive(clap::Args)]
 pub struct Args {
     /// Official architecture: coco, ade20k or cityscapes.
     #[arg(long, default_value = "coco")]
     arch: String,
+    /// Time this checkpoint (folder or converted file) instead of random weights of `--arch`.
+    #[arg(long)]
+    checkpoint: Option<std::path::PathBuf>,
     /// Images per forward pass.
     #[arg(long, default_value_t = 1)]
     batch: usize,
@@ -27,21 +31,41 @@ pub struct Args {
     /// `cpu` or `cuda:N`.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Compute precision: f32, or f16 / bf16 (meant for GPUs).
+    /// Compute precision: f32; bf16 (GPUs, and CPUs with AMX or AVX512-BF16: products in
+    /// bfloat16, the rest float32); f16 (meant for GPUs).
     #[arg(long, default_value = "f32")]
     dtype: String,
 }
 
 pub fn run(args: Args) -> Result<()> {
     let device = crate::parse_device(&args.device)?;
-    let config = Config::official(&args.arch)?;
     let dtype = spade_model::model::parse_dtype(&args.dtype)?;
-    let (generator, params) = random_generator(&config, &device, dtype)?;
-    let semantics = random_semantics(&config, args.batch, &device)?.to_dtype(dtype)?;
+    let (model, params) = match &args.checkpoint {
+        Some(path) => {
+            let checkpoint = Checkpoint::open(path)?;
+            let dict = &checkpoint.generator;
+            let params = dict
+                .names()
+                .filter_map(|name| dict.dims(name))
+                .map(|dims| dims.iter().product::<usize>())
+                .sum();
+            (
+                SpadeModel::from_checkpoint(&checkpoint, &device, dtype)?,
+                params,
+            )
+        }
+        None => random_model(&Config::official(&args.arch)?, &device, dtype)?,
+    };
+    let config = model.config.clone();
+    let generator = &model.generator;
+    let semantics =
+        random_semantics(&config, args.batch, &device)?.to_dtype(model.tensor_dtype())?;
     let (h, w) = config.output_size();
     println!(
         "arch {} ({} input channels, ngf {}, {h}x{w}), {:.1} M parameters, batch {}, device {}, {}",
-        args.arch,
+        args.checkpoint
+            .as_ref()
+            .map_or(args.arch.clone(), |p| p.display().to_string()),
         config.semantic_nc(),
         config.ngf,
         params as f64 / 1e6,
@@ -50,11 +74,11 @@ pub fn run(args: Args) -> Result<()> {
         args.dtype
     );
 
-    run_once(&generator, &semantics)?; // warm-up: allocations, lazy initialisation
+    run_once(generator, &semantics)?; // warm-up: allocations, lazy initialisation
     let mut totals = Vec::new();
     let mut stages: Vec<(String, Duration)> = Vec::new();
     for _ in 0..args.iters {
-        let (total, times) = run_once(&generator, &semantics)?;
+        let (total, times) = run_once(generator, &semantics)?;
         totals.push(total);
         for (i, (name, t)) in times.into_iter().enumerate() {
             match stages.get_mut(i) {
@@ -70,6 +94,7 @@ pub fn run(args: Args) -> Result<()> {
     for (name, t) in &stages {
         println!("{name:<14} {:5.1} %", 100.0 * t.as_secs_f64() / sum);
     }
+    print_profile("forward pass", args.iters + 1);
     let peak = peak_rss_mib();
     println!(
         "median {:.3} s per batch -> {:.3} images/s; peak RSS {} MiB (weights {:.0} MiB)",
@@ -79,6 +104,22 @@ pub fn run(args: Args) -> Result<()> {
         params as f64 * 4.0 / (1 << 20) as f64
     );
     Ok(())
+}
+
+/// With `SPADE_PROFILE` set, the time and calls of each op per `unit` (`runs` of them).
+pub fn print_profile(unit: &str, runs: usize) {
+    if !spade_model::ops::profile::enabled() {
+        return;
+    }
+    let per = runs as f64;
+    println!("per {unit} (SPADE_PROFILE; scopes nest, ops inside phases):");
+    for (name, time, calls) in spade_model::ops::profile::take() {
+        println!(
+            "  {:>8.1} ms  {:>6.1} calls  {name}",
+            time.as_secs_f64() * 1e3 / per,
+            calls as f64 / per
+        );
+    }
 }
 
 /// One forward pass; the time of each stage is the time since the previous one finished.
@@ -107,8 +148,9 @@ fn run_once(
     Ok((start.elapsed(), times))
 }
 
-/// The generator with N(0, 0.02) weights (unit running variances, so batch norm stays finite).
-fn random_generator(config: &Config, device: &Device, dtype: DType) -> Result<(Generator, usize)> {
+/// A model of the generator with N(0, 0.02) weights (unit running variances, so batch norm
+/// stays finite), loaded as a checkpoint would be in `dtype`.
+fn random_model(config: &Config, device: &Device, dtype: DType) -> Result<(SpadeModel, usize)> {
     let varmap = VarMap::new();
     Generator::new(config, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
     let mut tensors = HashMap::new();
@@ -126,9 +168,15 @@ fn random_generator(config: &Config, device: &Device, dtype: DType) -> Result<(G
         }
         tensors.insert(name.clone(), value);
     }
-    let vb = VarBuilder::from_tensors(tensors, dtype, device);
-    let generator = Generator::new(config, vb).context("building the random generator")?;
-    Ok((generator, params))
+    let checkpoint = Checkpoint {
+        config: config.clone(),
+        generator: StateDict::from_tensors("random weights", tensors),
+        encoder: None,
+        classes: None,
+    };
+    let model = SpadeModel::from_checkpoint(&checkpoint, device, dtype)
+        .context("building the random generator")?;
+    Ok((model, params))
 }
 
 /// A label map of random rectangles (and matching instance map) at the network's size.

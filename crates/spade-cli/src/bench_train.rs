@@ -106,18 +106,7 @@ pub fn run(args: Args) -> Result<()> {
     let mut times: Vec<(f64, f64)> = (0..args.iters).map(|_| step()).collect::<Result<_>>()?;
     times.sort_by(|a, b| (a.0 + a.1).total_cmp(&(b.0 + b.1)));
     let (g, d) = times[times.len() / 2];
-    if spade_model::ops::profile::enabled() {
-        let rows = spade_model::ops::profile::take();
-        let per = (args.iters + 1) as f64;
-        println!("per iteration (SPADE_PROFILE; scopes nest, ops inside phases):");
-        for (name, time, calls) in rows {
-            println!(
-                "  {:>8.1} ms  {:>6.1} calls  {name}",
-                time.as_secs_f64() * 1e3 / per,
-                calls as f64 / per
-            );
-        }
-    }
+    crate::bench::print_profile("iteration", args.iters + 1);
     println!(
         "median {:.3} s per iteration (G step {g:.3} s, D step {d:.3} s) -> {:.3} iterations/s; peak RSS {} MiB",
         g + d,

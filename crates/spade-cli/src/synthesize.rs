@@ -43,7 +43,8 @@ pub struct Args {
     /// `cpu` or `cuda:N`.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Compute precision: f32, or f16 / bf16 (meant for GPUs).
+    /// Compute precision: f32; bf16 (GPUs, and CPUs with AMX or AVX512-BF16: products in
+    /// bfloat16, the rest float32); f16 (meant for GPUs).
     #[arg(long, default_value = "f32")]
     dtype: String,
 }

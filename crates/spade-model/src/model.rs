@@ -12,6 +12,8 @@ use crate::io::checkpoint::Checkpoint;
 use crate::io::config::Config;
 use crate::nets::encoder::{reparameterize, Encoder};
 use crate::nets::generator::Generator;
+use crate::nets::layers::Mode;
+use crate::ops::gemm_bf16::Bf16Isa;
 
 #[derive(Debug, Clone)]
 pub struct SpadeModel {
@@ -29,21 +31,30 @@ impl SpadeModel {
         Self::from_checkpoint(&Checkpoint::open(path)?, device, DType::F32)
     }
 
-    /// `dtype`: float32, or float16 / bfloat16 (half the memory; on GPUs, tensor cores).
+    /// `dtype`: float32, or float16 / bfloat16 (half the memory; on GPUs, tensor cores). On
+    /// the CPU, bfloat16 means float32 networks whose convolutions multiply in bfloat16 on
+    /// AMX or AVX512-BF16 ([`Mode::EvalBf16`]); CPUs with neither refuse it.
     pub fn from_checkpoint(ckpt: &Checkpoint, device: &Device, dtype: DType) -> Result<Self> {
-        if device.is_cpu() && dtype == DType::BF16 {
-            return Err(Error::config(
-                "dtype",
-                "bf16 needs a GPU (candle's CPU matrix products have no bfloat16); use f16 or f32",
-            ));
-        }
+        let mode = if device.is_cpu() && dtype == DType::BF16 {
+            let isa = Bf16Isa::detect().ok_or_else(|| {
+                Error::config(
+                    "dtype",
+                    "bf16 on the CPU needs AMX or AVX512-BF16, which this CPU has neither of; \
+                     use f32 or f16",
+                )
+            })?;
+            Mode::EvalBf16(isa)
+        } else {
+            Mode::Eval
+        };
         let config = ckpt.config.clone();
+        let tensors = tensor_dtype(device, dtype);
         let g = &ckpt.generator;
-        let generator =
-            Generator::new(&config, g.var_builder(dtype, device)).map_err(|e| g.context(e))?;
+        let generator = Generator::with_mode(&config, &mode, g.var_builder(tensors, device))
+            .map_err(|e| g.context(e))?;
         let encoder = match &ckpt.encoder {
             Some(e) => Some(
-                Encoder::new(&config, e.var_builder(dtype, device))
+                Encoder::with_mode(&config, &mode, e.var_builder(tensors, device))
                     .map_err(|err| e.context(err))?,
             ),
             None => None,
@@ -76,9 +87,17 @@ impl SpadeModel {
         })
     }
 
+    /// The element type of the networks' tensors: `dtype`, except float32 for bfloat16 on
+    /// the CPU (whose precision lives in the convolutions' products).
+    pub fn tensor_dtype(&self) -> DType {
+        tensor_dtype(&self.device, self.dtype)
+    }
+
     /// Semantics (N x semantic_nc x H x W) to images (N x 3 x h x w in [-1, 1]).
     pub fn synthesize(&self, semantics: &Tensor, z: Option<&Tensor>) -> Result<Tensor> {
-        let semantics = semantics.to_device(&self.device)?.to_dtype(self.dtype)?;
+        let semantics = semantics
+            .to_device(&self.device)?
+            .to_dtype(self.tensor_dtype())?;
         let z = z.map(|z| z.to_device(&self.device)).transpose()?;
         Ok(self
             .generator
@@ -94,8 +113,10 @@ impl SpadeModel {
                 "this model has no style encoder (no latest_net_E.pth / netE tensors)",
             )
         })?;
-        let (mu, logvar) =
-            encoder.forward(&image.to_device(&self.device)?.to_dtype(self.dtype)?)?;
+        let image = image
+            .to_device(&self.device)?
+            .to_dtype(self.tensor_dtype())?;
+        let (mu, logvar) = encoder.forward(&image)?;
         Ok((mu.to_dtype(DType::F32)?, logvar.to_dtype(DType::F32)?))
     }
 
@@ -111,6 +132,16 @@ impl SpadeModel {
     /// A random style vector per image, `N(0, 1)`, reproducible from `seed` on any device.
     pub fn random_z(&self, seed: u64, n: usize) -> Result<Tensor> {
         standard_normal(seed, n, self.config.z_dim, &self.device)
+    }
+}
+
+/// The element type of the networks' tensors for a compute precision: float32 for bfloat16
+/// on the CPU, whose precision lives in the convolutions' products.
+fn tensor_dtype(device: &Device, dtype: DType) -> DType {
+    if device.is_cpu() && dtype == DType::BF16 {
+        DType::F32
+    } else {
+        dtype
     }
 }
 

@@ -34,7 +34,8 @@ pub struct ServerConfig {
     )]
     pub devices: Vec<String>,
 
-    /// Compute precision of the models: f32, or f16 / bf16 (half the memory; meant for GPUs).
+    /// Compute precision of the models: f32; bf16 (GPUs, and CPUs with AMX or AVX512-BF16:
+    /// products in bfloat16, the rest float32); f16 (half the memory; meant for GPUs).
     #[arg(long, env = "SPADE_DTYPE", default_value = "f32")]
     pub dtype: String,
 

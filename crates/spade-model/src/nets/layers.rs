@@ -18,6 +18,7 @@ use std::sync::Arc;
 use crate::ops::all_reduce::{AllReduce, Collective};
 use crate::ops::conv::CpuConv2d;
 use crate::ops::fused::{channel_moments, normalize, Statistics};
+use crate::ops::gemm_bf16::Bf16Isa;
 use crate::ops::modulate::PlaneNorm;
 use crate::ops::segmap::SegmapConv;
 use crate::ops::segmap_train::SegmapTrain;
@@ -35,6 +36,10 @@ const BN_MOMENTUM: f64 = 0.1;
 pub enum Mode {
     /// `.eval()`: stored statistics, spectral norm folded in once, no gradients.
     Eval,
+    /// `.eval()` with the CPU convolutions multiplying in bfloat16 on `isa`, accumulating
+    /// in float32 ([`gemm_bf16`](crate::ops::gemm_bf16)); activations, normalisation and
+    /// everything else stay float32. What `--dtype bf16` means on the CPU.
+    EvalBf16(Bf16Isa),
     /// `.train()`: batch statistics and power iterations that update the buffers on every
     /// call; the parameters must be variables for gradients to reach them. With a group of
     /// data-parallel ranks, batch norm uses the statistics of the whole global batch.
@@ -44,6 +49,14 @@ pub enum Mode {
 impl Mode {
     pub fn is_train(&self) -> bool {
         matches!(self, Mode::Train(_))
+    }
+
+    /// The instruction set of bfloat16 products, in [`Mode::EvalBf16`].
+    pub fn cpu_bf16(&self) -> Option<Bf16Isa> {
+        match self {
+            Mode::EvalBf16(isa) => Some(*isa),
+            _ => None,
+        }
     }
 }
 
@@ -105,23 +118,23 @@ impl Conv2d {
             return Ok(Conv2d::Train(TrainConv2d::new(spec, &vb)?));
         }
         let (weight, bias) = conv_weights(spec, &vb)?;
-        Self::from_weights(weight, bias, spec.stride, spec.padding)
+        Self::from_weights(weight, bias, spec.stride, spec.padding, mode)
     }
 
-    /// A convolution with given (already spectrally normalised) weights.
+    /// A convolution with given (already spectrally normalised) weights, for inference.
     pub fn from_weights(
         weight: Tensor,
         bias: Option<Tensor>,
         stride: usize,
         padding: usize,
+        mode: &Mode,
     ) -> Result<Self> {
         if weight.device().is_cpu() && weight.dtype() == DType::F32 {
-            Ok(Conv2d::Cpu(CpuConv2d::new(
-                &weight,
-                bias.as_ref(),
-                stride,
-                padding,
-            )?))
+            let conv = CpuConv2d::new(&weight, bias.as_ref(), stride, padding)?;
+            Ok(Conv2d::Cpu(match mode.cpu_bf16() {
+                Some(isa) => conv.with_bf16(isa),
+                None => conv,
+            }))
         } else {
             Ok(Conv2d::Candle {
                 weight,
@@ -192,7 +205,7 @@ impl StackedConv2d {
         };
         let weight = Tensor::cat(&[w1, w2], 0)?;
         Ok(StackedConv2d::Stacked {
-            conv: Conv2d::from_weights(weight, bias, first.0.stride, first.0.padding)?,
+            conv: Conv2d::from_weights(weight, bias, first.0.stride, first.0.padding, mode)?,
             split: first.0.out_channels,
         })
     }
@@ -254,6 +267,7 @@ impl SegConv2d {
                 bias,
                 spec.stride,
                 spec.padding,
+                mode,
             )?))
         }
     }
@@ -500,7 +514,7 @@ impl Norm {
                     affine,
                 }))
             }
-            (NormKind::Batch, Mode::Eval) => {
+            (NormKind::Batch, Mode::Eval | Mode::EvalBf16(_)) => {
                 let mean = vb.get(channels, "running_mean")?;
                 let var = vb.get(channels, "running_var")?;
                 let mut scale = (var + NORM_EPS)?.sqrt()?.recip()?;

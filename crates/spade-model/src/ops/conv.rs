@@ -3,12 +3,15 @@
 //! F(4x4, 3x3). candle's built-in CPU conv2d re-packs its weights on every call and copies
 //! single-threaded; this runs at the speed of the GEMM. Every image of a batch is computed
 //! alone with the same tiling, so an image's result never depends on its batch mates.
+//! With [`CpuConv2d::with_bf16`] the GEMM multiplies in bfloat16 ([`gemm_bf16`]) and
+//! Winograd is not used: its transforms amplify the rounding error of the products.
 
 use std::sync::{Arc, OnceLock};
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 
-use super::im2col::{convolve_image, ConvShape};
+use super::gemm_bf16::{Bf16Isa, PackedLhs};
+use super::im2col::{convolve_image, ConvShape, Weights};
 use super::layout::nchw;
 use super::winograd::Winograd;
 
@@ -16,15 +19,28 @@ use super::winograd::Winograd;
 #[derive(Debug, Clone)]
 pub struct CpuConv2d {
     pub(crate) shape: ConvShape,
-    /// `out_channels x (in_channels * k * k)`, row-major.
-    pub(crate) weight: Arc<Vec<f32>>,
+    weights: ConvWeights,
     pub(crate) bias: Option<Arc<Vec<f32>>>,
-    /// For 3 x 3 / stride 1 / pad 1 shapes: the same convolution by Winograd F(4x4, 3x3),
-    /// built on the first input large enough to use it. Its transformed kernels take 4x the
-    /// memory of the weights, so layers that only ever see small maps never build them.
-    winograd: Option<Arc<OnceLock<Winograd>>>,
     /// A ReLU applied to each image's output while it is still in cache.
     relu: bool,
+}
+
+#[derive(Debug, Clone)]
+enum ConvWeights {
+    F32 {
+        /// `out_channels x (in_channels * k * k)`, row-major.
+        weight: Arc<Vec<f32>>,
+        /// For 3 x 3 / stride 1 / pad 1 shapes: the same convolution by Winograd F(4x4, 3x3),
+        /// built on the first input large enough to use it. Its transformed kernels take 4x
+        /// the memory of the weights, so layers that only ever see small maps never build them.
+        winograd: Option<Arc<OnceLock<Winograd>>>,
+    },
+    /// Rounded to bfloat16 and packed (half the memory), multiplied on `isa`; every shape
+    /// goes through im2col, or reads its patches straight from the image.
+    Bf16 {
+        isa: Bf16Isa,
+        packed: Arc<PackedLhs>,
+    },
 }
 
 impl CpuConv2d {
@@ -57,7 +73,6 @@ impl CpuConv2d {
                     .to_vec1()?,
             ))
         };
-        let weight = flat(weight)?;
         let shape = ConvShape {
             in_channels,
             out_channels,
@@ -69,11 +84,37 @@ impl CpuConv2d {
             (shape.kernel == [3, 3] && stride == 1 && padding == [1, 1]).then(Default::default);
         Ok(Self {
             shape,
-            weight,
+            weights: ConvWeights::F32 {
+                weight: flat(weight)?,
+                winograd,
+            },
             bias: bias.map(flat).transpose()?,
-            winograd,
             relu: false,
         })
+    }
+
+    /// The same convolution with its products in bfloat16 on `isa` (float32 accumulation).
+    pub fn with_bf16(self, isa: Bf16Isa) -> Self {
+        let s = self.shape;
+        let packed = match &self.weights {
+            ConvWeights::F32 { weight, .. } => PackedLhs::new(weight, s.out_channels, s.patch()),
+            ConvWeights::Bf16 { packed, .. } => packed.as_ref().clone(),
+        };
+        Self {
+            weights: ConvWeights::Bf16 {
+                isa,
+                packed: Arc::new(packed),
+            },
+            ..self
+        }
+    }
+
+    /// The weights (`out x patch`, row-major), of a float32 convolution.
+    pub(crate) fn weight_f32(&self) -> Option<&[f32]> {
+        match &self.weights {
+            ConvWeights::F32 { weight, .. } => Some(weight),
+            ConvWeights::Bf16 { .. } => None,
+        }
     }
 
     /// The same convolution followed by a ReLU, applied to each image's output right after
@@ -84,15 +125,21 @@ impl CpuConv2d {
 
     /// Convolves one image (`in x h x w`) into `out` (`out_channels x ho x wo`).
     fn image(&self, x: &[f32], h: usize, w: usize, out: &mut [f32]) {
+        let s = self.shape;
         let bias = self.bias.as_deref().map(Vec::as_slice);
-        match self.winograd.as_ref().filter(|_| Winograd::pays_off(h, w)) {
-            Some(winograd) => {
-                let s = self.shape;
-                winograd
-                    .get_or_init(|| Winograd::new(&self.weight, s.out_channels, s.in_channels))
-                    .image(x, h, w, bias, out)
+        match &self.weights {
+            ConvWeights::F32 {
+                weight,
+                winograd: Some(winograd),
+            } if Winograd::pays_off(h, w) => winograd
+                .get_or_init(|| Winograd::new(weight, s.out_channels, s.in_channels))
+                .image(x, h, w, bias, out),
+            ConvWeights::F32 { weight, .. } => {
+                convolve_image(&s, Weights::F32(weight), bias, x, h, w, out)
             }
-            None => convolve_image(&self.shape, &self.weight, bias, x, h, w, out),
+            ConvWeights::Bf16 { isa, packed } => {
+                convolve_image(&s, Weights::Bf16(*isa, packed), bias, x, h, w, out)
+            }
         }
         if self.relu {
             for v in out.iter_mut() {
@@ -226,6 +273,46 @@ mod tests {
         assert_eq!(TILE_ELEMENTS / (op.shape.patch() * 2048), 3);
         let expected = x.conv2d(&wt, 1, 1, 1, 1).unwrap();
         assert!(max_abs_diff(&x.apply_op1_no_bwd(&op).unwrap(), &expected) < 1e-3);
+    }
+
+    #[test]
+    fn bf16_conv_equals_the_product_of_the_rounded_operands() {
+        use crate::ops::gemm_bf16::Bf16Isa;
+        let round = |t: &Tensor| {
+            t.to_dtype(candle_core::DType::BF16)
+                .unwrap()
+                .to_dtype(candle_core::DType::F32)
+                .unwrap()
+        };
+        // Patches straight from the image (3 x 3 and 1 x 1 on rows of 32), im2col for
+        // the rest (stride 2; rows of 9).
+        for (cin, cout, k, stride, pad, h, w) in [
+            (6, 5, 3, 1, 1, 7, 32),
+            (4, 3, 1, 1, 0, 5, 16),
+            (3, 7, 3, 2, 1, 16, 11),
+            (5, 4, 3, 1, 1, 6, 9),
+        ] {
+            let x = seeded_randn(21, &[2, cin, h, w]);
+            let wt = seeded_randn(22, &[cout, cin, k, k]);
+            let b = seeded_randn(23, &[cout]);
+            let expected = round(&x)
+                .conv2d(&round(&wt), pad, stride, 1, 1)
+                .unwrap()
+                .broadcast_add(&b.reshape((1, cout, 1, 1)).unwrap())
+                .unwrap()
+                .relu()
+                .unwrap();
+            for isa in Bf16Isa::available() {
+                let op = CpuConv2d::new(&wt, Some(&b), stride, pad)
+                    .unwrap()
+                    .with_relu()
+                    .with_bf16(isa);
+                let ours = x.apply_op1_no_bwd(&op).unwrap();
+                assert_eq!(ours.dims(), expected.dims());
+                let err = max_abs_diff(&ours, &expected);
+                assert!(err < 1e-4, "{isa:?} {cin} {cout} {k} {stride}: {err}");
+            }
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use rayon::prelude::*;
 
 use super::gemm::{gemm, Strided};
+use super::gemm_bf16::{self, Bf16Isa, PackedLhs, Rhs};
 use super::scratch::with_scratch;
 
 /// Elements of the im2col buffer per tile (16 MiB of f32).
@@ -67,11 +68,20 @@ pub(crate) fn rows_per_tile(s: &ConvShape, ho: usize, wo: usize) -> usize {
     (TILE_ELEMENTS / (s.patch() * wo)).clamp(1, ho)
 }
 
-/// One image (`in x h x w`) convolved with `weight` (`out x patch`, row-major) into `out`
-/// (`out x ho x wo`), tile by tile of output rows.
+/// A convolution's weights as its GEMM takes them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Weights<'a> {
+    /// `out x patch`, row-major.
+    F32(&'a [f32]),
+    /// Rounded to bfloat16 and packed, multiplied on `Bf16Isa`.
+    Bf16(Bf16Isa, &'a PackedLhs),
+}
+
+/// One image (`in x h x w`) convolved with `weight` into `out` (`out x ho x wo`), tile by
+/// tile of output rows.
 pub(crate) fn convolve_image(
     s: &ConvShape,
-    weight: &[f32],
+    weight: Weights,
     bias: Option<&[f32]>,
     x: &[f32],
     h: usize,
@@ -89,31 +99,70 @@ pub(crate) fn convolve_image(
     // out[:, y0.., :] (+)= weight (out x patch) * cols (patch x pixels)
     let multiply = |out: &mut [f32], y0: usize, pixels: usize, cols: &[f32]| {
         assert!(cols.len() >= patch * pixels && out.len() >= s.out_channels * ho * wo);
-        // SAFETY: `out` is out x (ho * wo), this tile's columns start at `y0 * wo`; `cols`
-        // holds patch x pixels.
-        unsafe {
-            gemm(
-                (s.out_channels, pixels, patch),
-                Strided {
-                    ptr: out.as_mut_ptr().add(y0 * wo),
-                    row: ho * wo,
-                    col: 1,
-                },
-                Strided {
-                    ptr: weight.as_ptr(),
-                    row: patch,
-                    col: 1,
-                },
-                Strided {
+        let dst = out[y0 * wo..].as_mut_ptr();
+        match weight {
+            // SAFETY: `out` is out x (ho * wo), this tile's columns start at `y0 * wo`;
+            // `cols` holds patch x pixels.
+            Weights::F32(weight) => unsafe {
+                gemm(
+                    (s.out_channels, pixels, patch),
+                    Strided {
+                        ptr: dst,
+                        row: ho * wo,
+                        col: 1,
+                    },
+                    Strided {
+                        ptr: weight.as_ptr(),
+                        row: patch,
+                        col: 1,
+                    },
+                    Strided {
+                        ptr: cols.as_ptr(),
+                        row: pixels,
+                        col: 1,
+                    },
+                    bias.is_some(),
+                    true,
+                );
+            },
+            // SAFETY: as above, with `lhs` out x patch.
+            Weights::Bf16(isa, lhs) => unsafe {
+                let rhs = Rhs::Matrix {
                     ptr: cols.as_ptr(),
                     row: pixels,
-                    col: 1,
-                },
-                bias.is_some(),
-                true,
-            );
+                };
+                gemm_bf16::gemm(isa, lhs, pixels, rhs, dst, ho * wo, bias.is_some());
+            },
         }
     };
+    if let Weights::Bf16(isa, lhs) = weight {
+        if Rhs::patches_apply(s.kernel, s.stride, wo) {
+            // The bfloat16 GEMM reads its columns straight from the image: no im2col.
+            assert!(x.len() >= s.in_channels * h * w && out.len() >= s.out_channels * ho * wo);
+            let rhs = Rhs::Patches {
+                image: x.as_ptr(),
+                h,
+                w,
+                kernel: s.kernel,
+                padding: s.padding,
+                y0: 0,
+                wo,
+            };
+            // SAFETY: `x` is the in x h x w image, `out` out x (ho * wo).
+            unsafe {
+                gemm_bf16::gemm(
+                    isa,
+                    lhs,
+                    ho * wo,
+                    rhs,
+                    out.as_mut_ptr(),
+                    ho * wo,
+                    bias.is_some(),
+                );
+            }
+            return;
+        }
+    }
     if s.is_pointwise() {
         // The image's planes are the whole im2col matrix already.
         return multiply(out, 0, h * w, x);

@@ -8,12 +8,13 @@
 //! [`modulate_train::ModulateTrain`] (SPADE's modulation with its gradient), [`fused`]
 //! (leaky ReLU and normalisations with hand-written gradients), [`all_reduce`]. Pooling with
 //! padding left out of the window: [`pool`].
-//! Shared machinery: [`gemm`], [`im2col`], [`scratch`], [`layout`]; [`profile`] times them.
+//! Shared machinery: [`gemm`], [`gemm_bf16`] (bfloat16 products on AMX / AVX512-BF16), [`im2col`], [`scratch`], [`layout`]; [`profile`] times them.
 
 pub mod all_reduce;
 pub mod conv;
 pub mod fused;
 pub mod gemm;
+pub mod gemm_bf16;
 pub mod im2col;
 pub mod layout;
 pub mod modulate;

@@ -36,6 +36,7 @@ impl SegmapConv {
         let (_, _, k, _) = weight.dims4()?;
         let dense = CpuConv2d::new(weight, bias, 1, k / 2)?;
         let s = dense.shape;
+        let weight = dense.weight_f32().expect("a new convolution is float32");
         if classes > s.in_channels || s.in_channels - classes > 1 {
             candle_core::bail!(
                 "{classes} label channels do not fit {} input channels",
@@ -47,7 +48,7 @@ impl SegmapConv {
             for c in 0..s.in_channels {
                 for t in 0..k * k {
                     table[(c * k * k + t) * s.out_channels + o] =
-                        dense.weight[o * s.patch() + c * k * k + t];
+                        weight[o * s.patch() + c * k * k + t];
                 }
             }
         }

@@ -14,7 +14,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::gemm::{gemm, Strided};
-use super::im2col::{convolve_image, for_each_tap_row, im2col, rows_per_tile, ConvShape};
+use super::im2col::{convolve_image, for_each_tap_row, im2col, rows_per_tile, ConvShape, Weights};
 use super::layout::nchw;
 use super::scratch::with_scratch;
 use super::winograd::Winograd;
@@ -77,7 +77,7 @@ impl TrainableConv {
         {
             match &winograd {
                 Some(winograd) => winograd.image(img, h, w, bias, dst),
-                None => convolve_image(&s, weight, bias, img, h, w, dst),
+                None => convolve_image(&s, Weights::F32(weight), bias, img, h, w, dst),
             }
         }
         Ok((
