@@ -14,6 +14,7 @@ mod test;
 use anyhow::Result;
 use candle_core::Device;
 use clap::{Parser, Subcommand};
+use spade_model::ops::profile;
 
 #[derive(Parser)]
 #[command(version, about = "SPADE / GauGAN semantic image synthesis")]
@@ -94,10 +95,14 @@ pub fn load_model(
     dtype: &str,
 ) -> Result<spade_model::SpadeModel> {
     let dtype = spade_model::model::parse_dtype(dtype)?;
-    let checkpoint = match path {
-        Some(path) => spade_model::Checkpoint::open(path)?,
-        None => spade_landscapes::bundled::checkpoint()?,
+    let checkpoint = {
+        let _time = profile::scope("open checkpoint");
+        match path {
+            Some(path) => spade_model::Checkpoint::open(path)?,
+            None => spade_landscapes::bundled::checkpoint()?,
+        }
     };
+    let _time = profile::scope("build networks (reads the weights)");
     Ok(spade_model::SpadeModel::from_checkpoint(
         &checkpoint,
         device,

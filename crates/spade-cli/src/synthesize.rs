@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use spade_model::io::preprocess::{decode_id_png, to_rgb8, Preprocessor};
+use spade_model::ops::profile;
 use spade_model::SpadeModel;
 
 #[derive(clap::Args)]
@@ -52,6 +53,7 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let device = crate::parse_device(&args.device)?;
     let model = crate::load_model(args.checkpoint.as_deref(), &device, &args.dtype)?;
+    let input = profile::scope("read input");
     let semantics = match (&args.label, &args.semantics) {
         (Some(label), _) => semantics_from_pngs(&model, label, args.instance.as_deref())?,
         (None, Some(path)) => read_npy(path)?,
@@ -59,7 +61,11 @@ pub fn run(args: Args) -> Result<()> {
     };
     let n = semantics.dim(0)?;
     let z = style_vector(&model, &args, n)?;
+    drop(input);
+    let forward = profile::scope("forward");
     let images = model.synthesize(&semantics, z.as_ref())?;
+    drop(forward);
+    let _output = profile::scope("write output");
 
     if let Some(path) = &args.out_npy {
         images
@@ -77,6 +83,8 @@ pub fn run(args: Args) -> Result<()> {
             println!("wrote {}", file.display());
         }
     }
+    drop(_output);
+    crate::bench::print_profile("run", 1);
     Ok(())
 }
 

@@ -17,5 +17,5 @@ pub const SOURCE: &str = "<bundled landscapes model>";
 
 /// The model, its config, encoder and class list.
 pub fn checkpoint() -> Result<Checkpoint> {
-    Checkpoint::from_safetensors_bytes(SAFETENSORS, Path::new(SOURCE))
+    Checkpoint::from_static_safetensors(SAFETENSORS, Path::new(SOURCE))
 }

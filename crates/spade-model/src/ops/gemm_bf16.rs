@@ -107,6 +107,7 @@ pub struct PackedLhs {
 
 impl PackedLhs {
     pub fn new(lhs: &[f32], m: usize, k: usize) -> Self {
+        let _time = super::profile::scope("pack bf16 weights");
         assert_eq!(lhs.len(), m * k, "left operand of {m} x {k}");
         let depth_blocks = k.div_ceil(DEPTH);
         let row_blocks = m.div_ceil(MICRO) * 2;
@@ -178,8 +179,19 @@ impl Rhs {
 unsafe impl Send for Rhs {}
 unsafe impl Sync for Rhs {}
 
-/// `dst (m x n) = lhs (m x k) * rhs (k x n)`, plus the old `dst` when `accumulate`; `dst`
-/// row-major with row stride `dst_row`. Column panels run across the rayon pool.
+/// What the products are added to as they are written.
+#[derive(Debug, Clone, Copy)]
+pub enum Base<'a> {
+    /// Nothing: `dst` is overwritten.
+    Zero,
+    /// What `dst` holds.
+    Dst,
+    /// One value per row (a convolution's bias), so `dst` needs no filling first.
+    RowBias(&'a [f32]),
+}
+
+/// `dst (m x n) = base + lhs (m x k) * rhs (k x n)`; `dst` row-major with row stride
+/// `dst_row`. Column panels run across the rayon pool.
 ///
 /// # Safety
 /// `rhs` must address `k` rows of `n` floats (for [`Rhs::Patches`], the image
@@ -192,8 +204,11 @@ pub unsafe fn gemm(
     rhs: Rhs,
     dst: *mut f32,
     dst_row: usize,
-    accumulate: bool,
+    base: Base,
 ) {
+    if let Base::RowBias(bias) = base {
+        assert!(bias.len() >= lhs.m, "a bias per row");
+    }
     let kb = lhs.depth_blocks;
     // Column panels: about PANEL_BYTES of packed right operand, a multiple of 32 wide, and
     // at least one per thread where there are columns for it.
@@ -209,7 +224,7 @@ pub unsafe fn gemm(
             unsafe {
                 pack_rhs(lhs.k, kb, rhs, j0, cols, packed);
                 let dst = (dst as *mut f32).add(j0);
-                multiply_panel(isa, lhs, packed, cols, sums, dst, dst_row, accumulate);
+                multiply_panel(isa, lhs, packed, cols, sums, dst, dst_row, base);
             }
         });
     });
@@ -265,7 +280,7 @@ unsafe fn multiply_panel(
     sums: &mut Vec<f32>,
     dst: *mut f32,
     dst_row: usize,
-    accumulate: bool,
+    base: Base,
 ) {
     let kb = lhs.depth_blocks;
     let padded = cols.div_ceil(MICRO) * MICRO;
@@ -291,12 +306,28 @@ unsafe fn multiply_panel(
             // SAFETY: row i0 + r < m, columns 0..cols.
             let out = unsafe { std::slice::from_raw_parts_mut(dst.add((i0 + r) * dst_row), cols) };
             let row = &sums[r * padded..][..cols];
-            if accumulate {
-                out.iter_mut().zip(row).for_each(|(o, s)| *o += s);
-            } else {
-                out.copy_from_slice(row);
+            match base {
+                Base::Zero => out.copy_from_slice(row),
+                Base::Dst => add_into(out, row, 0.0, true),
+                Base::RowBias(bias) => add_into(out, row, bias[i0 + r], false),
             }
         }
+    }
+}
+
+/// `out = sums + constant`, plus the old `out` when `existing`.
+fn add_into(out: &mut [f32], sums: &[f32], constant: f32, existing: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if x86::avx512_bf16() {
+        // SAFETY: the CPU has AVX-512.
+        return unsafe { x86::add_into(out, sums, constant, existing) };
+    }
+    for (o, &s) in out.iter_mut().zip(sums) {
+        *o = if existing {
+            *o + s + constant
+        } else {
+            s + constant
+        };
     }
 }
 
@@ -400,6 +431,21 @@ mod x86 {
                     _mm512_storeu_si512(dst.as_mut_ptr().cast(), packed);
                 }
             }
+        }
+    }
+
+    /// [`super::add_into`], 16 lanes at a time.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn add_into(out: &mut [f32], sums: &[f32], constant: f32, existing: bool) {
+        for (o, &s) in out.iter_mut().zip(sums) {
+            *o = if existing {
+                *o + s + constant
+            } else {
+                s + constant
+            };
         }
     }
 
@@ -821,7 +867,12 @@ mod tests {
             let expected = reference(&a, &b, m, n, k);
             let lhs = PackedLhs::new(&a, m, k);
             for &isa in &isas {
-                for accumulate in [false, true] {
+                let bias: Vec<f32> = (0..m).map(|i| i as f32 * 0.25 - 1.0).collect();
+                for (name, base) in [
+                    ("zero", Base::Zero),
+                    ("dst", Base::Dst),
+                    ("bias", Base::RowBias(&bias)),
+                ] {
                     // Every output row padded by 3 columns, which must stay untouched.
                     let stride = n + 3;
                     let mut c = vec![0.5f32; m * stride];
@@ -830,17 +881,21 @@ mod tests {
                         ptr: b.as_ptr(),
                         row: n,
                     };
-                    unsafe { gemm(isa, &lhs, n, rhs, c.as_mut_ptr(), stride, accumulate) };
-                    let base = if accumulate { 0.5 } else { 0.0 };
+                    unsafe { gemm(isa, &lhs, n, rhs, c.as_mut_ptr(), stride, base) };
                     for i in 0..m {
+                        let added = match base {
+                            Base::Zero => 0.0,
+                            Base::Dst => 0.5,
+                            Base::RowBias(b) => f64::from(b[i]),
+                        };
                         for j in 0..n {
                             let got = f64::from(c[i * stride + j]);
-                            let want = expected[i * n + j] + base;
+                            let want = expected[i * n + j] + added;
                             // float32 accumulation over k terms of size <= 1.
                             let tol = 1e-6 * k as f64 + 1e-6;
                             assert!(
                                 (got - want).abs() <= tol,
-                                "{isa:?} {m}x{n}x{k} acc {accumulate} at ({i}, {j}): {got} vs {want}"
+                                "{isa:?} {m}x{n}x{k} {name} at ({i}, {j}): {got} vs {want}"
                             );
                         }
                         for j in n..stride {
@@ -895,7 +950,7 @@ mod tests {
                 let run = |rhs: Rhs| {
                     let mut out = vec![0f32; m * n];
                     // SAFETY: both address k x n; out is m x n.
-                    unsafe { gemm(isa, &lhs, n, rhs, out.as_mut_ptr(), n, false) };
+                    unsafe { gemm(isa, &lhs, n, rhs, out.as_mut_ptr(), n, Base::Zero) };
                     out
                 };
                 let explicit = run(Rhs::Matrix {

@@ -4,7 +4,7 @@
 use rayon::prelude::*;
 
 use super::gemm::{gemm, Strided};
-use super::gemm_bf16::{self, Bf16Isa, PackedLhs, Rhs};
+use super::gemm_bf16::{self, Base, Bf16Isa, PackedLhs, Rhs};
 use super::scratch::with_scratch;
 
 /// Elements of the im2col buffer per tile (16 MiB of f32).
@@ -91,11 +91,13 @@ pub(crate) fn convolve_image(
     let (ho, wo) = s.out_size(h, w);
     let patch = s.patch();
     let tile_rows = rows_per_tile(s, ho, wo);
-    if let Some(bias) = bias {
+    // The float32 GEMM accumulates onto the bias; the bfloat16 one adds it as it writes.
+    if let (Weights::F32(_), Some(bias)) = (weight, bias) {
         for (o, plane) in out.chunks_exact_mut(ho * wo).enumerate() {
             plane.fill(bias[o]);
         }
     }
+    let bf16_base = bias.map_or(Base::Zero, Base::RowBias);
     // out[:, y0.., :] (+)= weight (out x patch) * cols (patch x pixels)
     let multiply = |out: &mut [f32], y0: usize, pixels: usize, cols: &[f32]| {
         assert!(cols.len() >= patch * pixels && out.len() >= s.out_channels * ho * wo);
@@ -131,7 +133,7 @@ pub(crate) fn convolve_image(
                     ptr: cols.as_ptr(),
                     row: pixels,
                 };
-                gemm_bf16::gemm(isa, lhs, pixels, rhs, dst, ho * wo, bias.is_some());
+                gemm_bf16::gemm(isa, lhs, pixels, rhs, dst, ho * wo, bf16_base);
             },
         }
     };
@@ -150,15 +152,7 @@ pub(crate) fn convolve_image(
             };
             // SAFETY: `x` is the in x h x w image, `out` out x (ho * wo).
             unsafe {
-                gemm_bf16::gemm(
-                    isa,
-                    lhs,
-                    ho * wo,
-                    rhs,
-                    out.as_mut_ptr(),
-                    ho * wo,
-                    bias.is_some(),
-                );
+                gemm_bf16::gemm(isa, lhs, ho * wo, rhs, out.as_mut_ptr(), ho * wo, bf16_base);
             }
             return;
         }

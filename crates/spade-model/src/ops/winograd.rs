@@ -125,6 +125,7 @@ pub struct Winograd {
 impl Winograd {
     /// `weight`: `out x in x 3 x 3`, row-major.
     pub fn new(weight: &[f32], out_channels: usize, in_channels: usize) -> Self {
+        let _time = super::profile::scope("winograd kernels");
         let mut u = vec![0f32; POSITIONS * out_channels * in_channels];
         for o in 0..out_channels {
             for c in 0..in_channels {

@@ -1,12 +1,13 @@
 //! Checkpoint files: an official folder (`opt.txt`, `latest_net_G.pth`, optionally
-//! `latest_net_E.pth` and our `classes.txt`) or one converted safetensors file, as named
-//! CPU tensors (those of a `.pth` read only when a network asks for them).
+//! `latest_net_E.pth` and our `classes.txt`) or one converted safetensors file (mapped into
+//! memory), as named CPU tensors read only when a network asks for them.
 
 pub mod pth;
 pub mod pth_write;
 pub mod safetensors;
 mod state_dict;
 
+use state_dict::Bytes;
 pub use state_dict::StateDict;
 
 use std::collections::HashMap;
@@ -86,23 +87,33 @@ impl Checkpoint {
     }
 
     fn open_safetensors(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        Self::from_safetensors_bytes(&bytes, path)
+        Self::from_converted(safetensors::map(path)?, path)
     }
 
-    /// A converted checkpoint held in memory (the bundled model); `path` names it in errors.
+    /// A converted checkpoint built into the binary (the bundled model); `path` names it
+    /// in errors.
+    pub fn from_static_safetensors(bytes: &'static [u8], path: &Path) -> Result<Self> {
+        Self::from_converted(Bytes::Static(bytes), path)
+    }
+
+    /// A converted checkpoint held in memory; `path` names it in errors.
     pub fn from_safetensors_bytes(bytes: &[u8], path: &Path) -> Result<Self> {
-        let (config, classes, tensors) = safetensors::read_bytes(bytes, path)?;
+        Self::from_converted(Bytes::Owned(bytes.into()), path)
+    }
+
+    fn from_converted(bytes: Bytes, path: &Path) -> Result<Self> {
+        let (config, classes, tensors) = safetensors::read(&bytes, path)?;
         if let Some(list) = &classes {
             check_class_count(list, &config).map_err(|e| Error::checkpoint(path, e))?;
         }
-        let mut generator = HashMap::new();
-        let mut encoder = HashMap::new();
-        for (name, tensor) in tensors {
+        let mut generator = Vec::new();
+        let mut encoder = Vec::new();
+        for (name, dtype, dims, range) in tensors {
             let (prefix, rest) = name.split_once('.').unwrap_or(("", &name));
+            let entry = (rest.to_string(), dtype, dims, range);
             match prefix {
-                GENERATOR_PREFIX => generator.insert(rest.to_string(), tensor),
-                ENCODER_PREFIX => encoder.insert(rest.to_string(), tensor),
+                GENERATOR_PREFIX => generator.push(entry),
+                ENCODER_PREFIX => encoder.push(entry),
                 _ => {
                     return Err(Error::checkpoint(
                         path,
@@ -114,7 +125,7 @@ impl Checkpoint {
         if generator.is_empty() {
             return Err(Error::checkpoint(path, "holds no `netG.` tensors"));
         }
-        let dict = |tensors| StateDict::from_tensors(path, tensors);
+        let dict = |tensors| StateDict::from_slices(path, &bytes, tensors);
         Ok(Self {
             config,
             generator: dict(generator),

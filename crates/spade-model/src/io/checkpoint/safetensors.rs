@@ -3,10 +3,14 @@
 //! plain tensor files of training (VGG weights, optimiser state).
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::path::Path;
+use std::sync::Arc;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Tensor};
 
+use super::state_dict::Bytes;
+use super::StateDict;
 use crate::error::{Error, Result};
 use crate::io::classes::ClassList;
 use crate::io::config::Config;
@@ -16,12 +20,13 @@ const CONFIG_KEY: &str = "spade_config";
 /// Metadata key holding the class list (`classes.txt` text), where the model has one.
 const CLASSES_KEY: &str = "spade_classes";
 
-/// Reads the tensors (prefixes kept), the config and the class list stored in the header of
-/// a converted file held in memory; `path` names it in errors.
-pub fn read_bytes(
-    bytes: &[u8],
-    path: &Path,
-) -> Result<(Config, Option<ClassList>, HashMap<String, Tensor>)> {
+/// A safetensors file's tensors as `(name, dtype, shape, byte range in bytes)`, the header
+/// checked against the bytes (every range inside them, sizes consistent), none read yet.
+pub(super) type Slices = Vec<(String, DType, Vec<usize>, Range<usize>)>;
+
+/// The tensors (prefixes kept), the config and the class list stored in the header of a
+/// converted file; `path` names it in errors.
+pub(super) fn read(bytes: &Bytes, path: &Path) -> Result<(Config, Option<ClassList>, Slices)> {
     let fail = |reason: String| Error::checkpoint(path, reason);
     let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| fail(format!("not a valid safetensors file: {e}")))?;
@@ -41,16 +46,46 @@ pub fn read_bytes(
         }
         None => None,
     };
-    let tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu)
-        .map_err(|e| fail(e.to_string()))?;
-    Ok((config, classes, tensors))
+    Ok((config, classes, slices(bytes, path)?))
 }
 
-/// Reads every tensor of a safetensors file, whatever its metadata.
-pub fn read_plain(path: &Path) -> Result<HashMap<String, Tensor>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
-        .map_err(|e| Error::checkpoint(path, format!("not a valid safetensors file: {e}")))
+/// Every tensor of a safetensors file, whatever its metadata, mapped from disk and read
+/// when asked for.
+pub fn open_plain(path: &Path) -> Result<StateDict> {
+    let bytes = map(path)?;
+    let slices = slices(&bytes, path)?;
+    Ok(StateDict::from_slices(path, &bytes, slices))
+}
+
+/// The file mapped into memory: only the pages of the tensors read are ever loaded.
+pub(super) fn map(path: &Path) -> Result<Bytes> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    // SAFETY: the map is only read. A file truncated or rewritten in place while a model
+    // loads from it could fault the process, the hazard of every mapped file; our writers
+    // (`spade convert`, the trainer) write a new file and rename it over the old one, which
+    // leaves a mapped file as it was.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+    Ok(Bytes::Mapped(Arc::new(map)))
+}
+
+fn slices(bytes: &[u8], path: &Path) -> Result<Slices> {
+    let fail = |reason: String| Error::checkpoint(path, reason);
+    let file = safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| fail(format!("not a valid safetensors file: {e}")))?;
+    file.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let dtype = DType::try_from(view.dtype()).map_err(|_| {
+                fail(format!(
+                    "tensor `{name}` has element type {:?}, which SPADE checkpoints never use",
+                    view.dtype()
+                ))
+            })?;
+            let start = view.data().as_ptr() as usize - bytes.as_ptr() as usize;
+            let range = start..start + view.data().len();
+            Ok((name, dtype, view.shape().to_vec(), range))
+        })
+        .collect()
 }
 
 /// Writes a converted checkpoint (config and class list in the metadata), atomically.

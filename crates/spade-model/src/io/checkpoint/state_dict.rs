@@ -4,6 +4,7 @@
 //! of it is allocated, and against NaN and infinity once read.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -15,9 +16,16 @@ use crate::error::{Error, Result};
 
 #[derive(Debug, Clone)]
 enum Entry {
-    /// Still in the file: element type, shape and a handle that reads its bytes.
+    /// Still in the `.pth` file: element type, shape and a handle that reads its bytes.
     Stored(DType, pytorch_reader::Tensor),
-    /// In memory (a converted file's tensors, or tensors made in code).
+    /// Little-endian bytes of a converted (safetensors) file: element type, shape, where.
+    Slice {
+        bytes: Bytes,
+        dtype: DType,
+        dims: Vec<usize>,
+        range: Range<usize>,
+    },
+    /// In memory (tensors made in code).
     Loaded(Tensor),
 }
 
@@ -25,7 +33,28 @@ impl Entry {
     fn dims(&self) -> &[usize] {
         match self {
             Entry::Stored(_, tensor) => tensor.shape(),
+            Entry::Slice { dims, .. } => dims,
             Entry::Loaded(tensor) => tensor.dims(),
+        }
+    }
+}
+
+/// The bytes of a converted file: mapped from disk (read only as tensors are asked for),
+/// or held in memory.
+#[derive(Debug, Clone)]
+pub(super) enum Bytes {
+    Mapped(Arc<memmap2::Mmap>),
+    Static(&'static [u8]),
+    Owned(Arc<[u8]>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(map) => map,
+            Bytes::Static(bytes) => bytes,
+            Bytes::Owned(bytes) => bytes,
         }
     }
 }
@@ -66,13 +95,35 @@ impl StateDict {
         }
     }
 
-    /// A `.pth` (read on demand) or a plain `.safetensors` file, by its extension.
+    /// Tensors of a converted file: `(name, dtype, shape, byte range in bytes)`, already
+    /// checked against `bytes` (see [`super::safetensors`]).
+    pub(super) fn from_slices(
+        source: &Path,
+        bytes: &Bytes,
+        tensors: impl IntoIterator<Item = (String, DType, Vec<usize>, Range<usize>)>,
+    ) -> Self {
+        Self {
+            source: source.to_path_buf(),
+            entries: tensors
+                .into_iter()
+                .map(|(name, dtype, dims, range)| {
+                    let entry = Entry::Slice {
+                        bytes: bytes.clone(),
+                        dtype,
+                        dims,
+                        range,
+                    };
+                    (name, entry)
+                })
+                .collect(),
+        }
+    }
+
+    /// A `.pth` or a plain `.safetensors` file (by its extension), each tensor read when
+    /// asked for.
     pub fn open(path: &Path) -> Result<Self> {
         if path.extension().is_some_and(|e| e == "safetensors") {
-            Ok(Self::from_tensors(
-                path,
-                super::safetensors::read_plain(path)?,
-            ))
+            super::safetensors::open_plain(path)
         } else {
             super::pth::open(path)
         }
@@ -102,6 +153,7 @@ impl StateDict {
             .values()
             .map(|entry| match entry {
                 Entry::Stored(_, t) => t.byte_len() as u64,
+                Entry::Slice { range, .. } => range.len() as u64,
                 Entry::Loaded(t) => (t.elem_count() * t.dtype().size_in_bytes()) as u64,
             })
             .sum()
@@ -217,6 +269,13 @@ impl StateDict {
                 Tensor::from_raw_buffer(&bytes, *dtype, stored.shape(), &Device::Cpu)
                     .map_err(|e| format!("tensor `{name}`: {e}"))?
             }
+            Entry::Slice {
+                bytes,
+                dtype,
+                dims,
+                range,
+            } => Tensor::from_raw_buffer(&bytes[range.clone()], *dtype, dims, &Device::Cpu)
+                .map_err(|e| format!("tensor `{name}`: {e}"))?,
         };
         check_finite(name, &tensor)?;
         Ok(tensor)
@@ -225,21 +284,32 @@ impl StateDict {
 
 /// NaN or infinite weights load without complaint and then give black images.
 fn check_finite(name: &str, tensor: &Tensor) -> std::result::Result<(), String> {
-    if !tensor.dtype().is_float() {
-        return Ok(());
-    }
-    // x - x is 0 for finite x and NaN otherwise; the sum is finite only if all are.
-    let sum = tensor
-        .sub(tensor)
-        .and_then(|d| d.to_dtype(DType::F32))
-        .and_then(|d| d.sum_all())
-        .and_then(|d| d.to_scalar::<f32>())
-        .map_err(|e| format!("tensor `{name}`: {e}"))?;
-    if sum.is_finite() {
+    if !tensor.dtype().is_float()
+        || all_finite(tensor).map_err(|e| format!("tensor `{name}`: {e}"))?
+    {
         Ok(())
     } else {
         Err(format!("tensor `{name}` holds NaN or infinite values"))
     }
+}
+
+fn all_finite(tensor: &Tensor) -> candle_core::Result<bool> {
+    // Float32 in memory, as every official checkpoint stores it: one pass, no copy.
+    {
+        let (storage, layout) = tensor.storage_and_layout();
+        if let (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(values)), Some((a, b))) =
+            (&*storage, layout.contiguous_offsets())
+        {
+            return Ok(values[a..b].iter().all(|v| v.is_finite()));
+        }
+    }
+    // x - x is 0 for finite x and NaN otherwise; the sum is finite only if all are.
+    let sum = tensor
+        .sub(tensor)?
+        .to_dtype(DType::F32)?
+        .sum_all()?
+        .to_scalar::<f32>()?;
+    Ok(sum.is_finite())
 }
 
 /// The candle backend of [`StateDict::var_builder`]; `read` records what was served.
