@@ -4,6 +4,7 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use common::{assert_close, case, npy, read};
+use rand::SeedableRng;
 use spade_model::io::checkpoint::{pth, Checkpoint};
 use spade_model::io::preprocess::{decode_id_png, Preprocessor};
 use spade_model::nets::encoder::Encoder;
@@ -330,6 +331,101 @@ fn bf16_on_the_cpu_stays_within_its_tolerance() {
         .unwrap();
     assert_eq!(out.dtype(), DType::F32);
     assert_within_bf16_tolerance("gen_coco_eval (detected)", &out, &npy(&dir, "output.npy"));
+}
+
+/// The same bound on the full COCO-Stuff architecture (184 input channels, ngf 64,
+/// 256 x 256, 97.5 M parameters, without spectral norm) with weights of unit gain
+/// (N(0, 1 / fan_in)), so that activations keep their scale through the 7 blocks and the
+/// output spans most of [-1, 1], on a label map of rectangles; bf16 against this model's
+/// own float32 output, on every instruction set the CPU has.
+#[test]
+fn bf16_on_the_full_coco_architecture_stays_within_its_tolerance() {
+    let isas = Bf16Isa::available();
+    if isas.is_empty() {
+        return; // refusal tested in `bf16_on_the_cpu_stays_within_its_tolerance`
+    }
+    let mut config = spade_model::Config::official("coco").unwrap();
+    config.norm_g = "spadesyncbatch3x3".parse().unwrap();
+    let varmap = candle_nn::VarMap::new();
+    let vb = candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &cpu());
+    Generator::new(&config, vb).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let tensors: Vec<(String, Tensor)> = {
+        let data = varmap.data().lock().unwrap();
+        let mut names: Vec<&String> = data.keys().collect();
+        names.sort();
+        names
+            .into_iter()
+            .map(|name| {
+                let dims = data[name].dims().to_vec();
+                let count: usize = dims.iter().product();
+                let value = if name.ends_with("running_var") {
+                    vec![1f32; count]
+                } else if name.ends_with("running_mean") || name.ends_with("bias") {
+                    vec![0f32; count]
+                } else {
+                    let fan_in: usize = dims[1..].iter().product();
+                    let std = (1.0 / fan_in.max(1) as f32).sqrt();
+                    (0..count)
+                        .map(|_| {
+                            std * rand_distr::Distribution::<f32>::sample(
+                                &rand_distr::StandardNormal,
+                                &mut rng,
+                            )
+                        })
+                        .collect()
+                };
+                (name.clone(), Tensor::from_vec(value, dims, &cpu()).unwrap())
+            })
+            .collect()
+    };
+    let checkpoint = Checkpoint {
+        config: config.clone(),
+        generator: spade_model::io::checkpoint::StateDict::from_tensors("random", tensors),
+        encoder: None,
+        classes: None,
+    };
+    // 184 channels: a one-hot map of 6 rectangles of labels 0..182 (no instance edges).
+    let (h, w) = config.output_size();
+    let mut labels = vec![0usize; h * w];
+    for (i, (x0, y0, x1, y1)) in [
+        (0, 0, 256, 90),
+        (0, 90, 256, 256),
+        (30, 120, 140, 230),
+        (150, 40, 250, 200),
+        (60, 20, 120, 70),
+        (170, 210, 240, 250),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for y in y0..y1 {
+            labels[y * w + x0..y * w + x1].fill(i * 30 + 7);
+        }
+    }
+    let mut one_hot = vec![0f32; config.semantic_nc() * h * w];
+    for (p, &label) in labels.iter().enumerate() {
+        one_hot[label * h * w + p] = 1.0;
+    }
+    let semantics = Tensor::from_vec(one_hot, (1, config.semantic_nc(), h, w), &cpu()).unwrap();
+    let reference = SpadeModel::from_checkpoint(&checkpoint, &cpu(), DType::F32)
+        .unwrap()
+        .synthesize(&semantics, None)
+        .unwrap();
+    println!(
+        "full COCO architecture: float32 output max |x| {:.3}",
+        common::max_abs(&reference)
+    );
+    for isa in isas {
+        let out = bf16_generator(&checkpoint, isa)
+            .forward(&semantics, None)
+            .unwrap();
+        assert_within_bf16_tolerance(
+            &format!("full COCO architecture ({isa:?})"),
+            &out,
+            &reference,
+        );
+    }
 }
 
 fn bf16_generator(checkpoint: &Checkpoint, isa: Bf16Isa) -> Generator {
