@@ -84,6 +84,7 @@ fn stop_flag() -> Result<Arc<AtomicBool>> {
 }
 
 fn main() -> ExitCode {
+    spade_model::train::run::serial_candle_elementwise();
     let options = TrainOptions::parse();
     let result = stop_flag().and_then(|stop| {
         let (device, group) = setup(&options)?;

@@ -93,19 +93,43 @@ impl PatchDiscriminator {
 
     /// Every group's output, the last being the patch predictions.
     pub fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
-        let mut outputs = Vec::with_capacity(self.groups.len());
-        let mut x = x.clone();
+        let [outputs] = self.forward_each([x.clone()], false)?;
+        Ok(outputs)
+    }
+
+    /// Every group's output for each input, the inputs sharing one evaluation of every
+    /// weight (one spectral-norm power iteration, as a single call on their concatenation
+    /// would run); with `frozen` no gradient reaches the parameters.
+    fn forward_each<const N: usize>(
+        &self,
+        inputs: [Tensor; N],
+        frozen: bool,
+    ) -> Result<[Vec<Tensor>; N]> {
+        let mut outputs = std::array::from_fn(|_| Vec::with_capacity(self.groups.len()));
+        let mut xs = inputs;
         for group in &self.groups {
-            x = group.conv.forward(&x)?;
-            if let Some(norm) = &group.norm {
-                x = norm.forward(&x)?;
+            let conv = group.conv.evaluated(frozen)?;
+            for (x, outputs) in xs.iter_mut().zip(&mut outputs) {
+                let mut y = conv.forward(x)?;
+                if let Some(norm) = &group.norm {
+                    y = norm.forward_frozen(&y, frozen)?;
+                }
+                if group.activation {
+                    y = leaky_relu(&y)?;
+                }
+                outputs.push(y.clone());
+                *x = y;
             }
-            if group.activation {
-                x = leaky_relu(&x)?;
-            }
-            outputs.push(x.clone());
         }
         Ok(outputs)
+    }
+
+    /// Whether a norm computes statistics over the batch (then inputs judged apart would
+    /// see other statistics than judged together).
+    fn normalizes_over_the_batch(&self) -> bool {
+        self.groups
+            .iter()
+            .any(|g| matches!(g.norm, Some(Norm::Batch { .. } | Norm::BatchTrain(_))))
     }
 }
 
@@ -142,5 +166,130 @@ impl MultiscaleDiscriminator {
             outputs.push(scale.forward(&x)?);
         }
         Ok(outputs)
+    }
+
+    /// The generator step's judgement of `fake` and `real` (each `semantics ++ image`):
+    /// the outputs of each, per scale and layer, as [`forward`](Self::forward) on their
+    /// concatenation gives them, with the parameters frozen. The generator step discards
+    /// their gradients (the reference computes them anyway). With per-sample norms the real
+    /// half is judged apart, so that nothing is differentiated through it either.
+    pub fn judge_frozen(&self, fake: &Tensor, real: &Tensor) -> Result<(Outputs, Outputs)> {
+        let mut fake_outputs = Vec::with_capacity(self.scales.len());
+        let mut real_outputs = Vec::with_capacity(self.scales.len());
+        if self.scales.iter().any(|s| s.normalizes_over_the_batch()) {
+            let n = fake.dim(0)?;
+            let mut x = Tensor::cat(&[fake, real], 0)?;
+            for (i, scale) in self.scales.iter().enumerate() {
+                if i > 0 {
+                    x = avg_pool3x3_s2(&x)?;
+                }
+                let [outputs] = scale.forward_each([x.clone()], true)?;
+                let half = |start| -> Result<Vec<Tensor>> {
+                    outputs.iter().map(|t| Ok(t.narrow(0, start, n)?)).collect()
+                };
+                fake_outputs.push(half(0)?);
+                real_outputs.push(half(n)?);
+            }
+            return Ok((fake_outputs, real_outputs));
+        }
+        let mut xs = [fake.clone(), real.detach()];
+        for (i, scale) in self.scales.iter().enumerate() {
+            if i > 0 {
+                xs = [avg_pool3x3_s2(&xs[0])?, avg_pool3x3_s2(&xs[1])?];
+            }
+            let [f, r] = scale.forward_each(xs.clone(), true)?;
+            fake_outputs.push(f);
+            real_outputs.push(r);
+        }
+        Ok((fake_outputs, real_outputs))
+    }
+}
+
+/// Per scale, every layer's output.
+pub type Outputs = Vec<Vec<Tensor>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::{max_abs_diff, seeded_randn};
+    use candle_core::{DType, Device, Var};
+    use candle_nn::VarMap;
+
+    /// Judged apart (per-sample norms) or together (batch norm), the generator step sees the
+    /// outputs and the gradient with respect to the fake that the whole discriminator on
+    /// `fake ++ real` gives, and no parameter gets a gradient.
+    #[test]
+    fn the_frozen_judgement_matches_the_joint_one_without_parameter_gradients() {
+        for norm in ["spectralinstance", "spectralbatch"] {
+            let cfg = DiscriminatorConfig {
+                input_nc: 5,
+                ndf: 8,
+                n_layers_d: 3,
+                num_d: 2,
+                norm_d: norm.parse().unwrap(),
+            };
+            // Two discriminators with the same parameters and buffers (the power iteration and
+            // batch statistics advance on every call), one per way of judging.
+            let build = || {
+                let vars = VarMap::new();
+                let vb = VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu);
+                let d = MultiscaleDiscriminator::new(&cfg, &Mode::Train(None), vb).unwrap();
+                (vars, d)
+            };
+            let (joint_vars, joint) = build();
+            let (frozen_vars, frozen) = build();
+            let frozen_data = frozen_vars.data().lock().unwrap();
+            for (i, (name, var)) in joint_vars.data().lock().unwrap().iter().enumerate() {
+                if var.dtype() == DType::F32 {
+                    let value = (seeded_randn(100 + i as u64, var.dims()) * 0.3).unwrap();
+                    var.set(&value).unwrap();
+                }
+                frozen_data[name].set(var.as_tensor()).unwrap();
+            }
+            drop(frozen_data);
+            let fake = Var::from_tensor(&seeded_randn(1, &[2, 5, 20, 18])).unwrap();
+            let real = seeded_randn(2, &[2, 5, 20, 18]);
+            let probe = |outputs: &[Vec<Tensor>], scale: usize| {
+                seeded_randn(10 + scale as u64, outputs[scale].last().unwrap().dims())
+            };
+
+            let all = joint
+                .forward(&Tensor::cat(&[fake.as_tensor(), &real], 0).unwrap())
+                .unwrap();
+            let (f, r) = frozen.judge_frozen(fake.as_tensor(), &real).unwrap();
+            let mut joint_loss = Tensor::zeros((), DType::F32, &Device::Cpu).unwrap();
+            let mut frozen_loss = joint_loss.clone();
+            for s in 0..2 {
+                for l in 0..all[s].len() {
+                    let both = Tensor::cat(&[&f[s][l], &r[s][l]], 0).unwrap();
+                    let diff = max_abs_diff(&both, &all[s][l]);
+                    assert!(diff < 1e-5, "{norm}: scale {s} layer {l} differs by {diff}");
+                }
+                let p = probe(&f, s);
+                let fake_half = all[s].last().unwrap().narrow(0, 0, 2).unwrap();
+                joint_loss = (joint_loss + (fake_half * &p).unwrap().sum_all().unwrap()).unwrap();
+                let ours = (f[s].last().unwrap() * &p).unwrap().sum_all().unwrap();
+                frozen_loss = (frozen_loss + ours).unwrap();
+            }
+            let joint_grads = joint_loss.backward().unwrap();
+            let frozen_grads = frozen_loss.backward().unwrap();
+            let diff = max_abs_diff(
+                frozen_grads.get(fake.as_tensor()).unwrap(),
+                joint_grads.get(fake.as_tensor()).unwrap(),
+            );
+            assert!(diff < 1e-5, "{norm}: the fake's gradient differs by {diff}");
+            for (name, var) in frozen_vars.data().lock().unwrap().iter() {
+                assert!(
+                    frozen_grads.get(var.as_tensor()).is_none(),
+                    "{norm}: {name} got a gradient"
+                );
+            }
+            // The joint judgement (as the discriminator step runs it) does differentiate them.
+            for (name, var) in joint_vars.data().lock().unwrap().iter() {
+                if name.ends_with("weight_orig") {
+                    assert!(joint_grads.get(var.as_tensor()).is_some(), "{norm}: {name}");
+                }
+            }
+        }
     }
 }

@@ -304,6 +304,43 @@ impl Module for Conv2d {
     }
 }
 
+impl Conv2d {
+    /// The convolution with its weight evaluated once (under spectral norm: one power
+    /// iteration), to apply to several inputs as one call would to their concatenation.
+    /// With `frozen` the parameters get no gradient, the inputs still do.
+    pub fn evaluated(&self, frozen: bool) -> candle_core::Result<EvaluatedConv2d<'_>> {
+        let Conv2d::Train(conv) = self else {
+            return Ok(EvaluatedConv2d::Fixed(self));
+        };
+        let (mut weight, mut bias) = (conv.weight()?, conv.bias.clone());
+        if frozen {
+            weight = weight.detach();
+            bias = bias.map(|b| b.detach());
+        }
+        Ok(EvaluatedConv2d::Train { conv, weight, bias })
+    }
+}
+
+/// A convolution whose weight is fixed for a few calls ([`Conv2d::evaluated`]).
+pub enum EvaluatedConv2d<'a> {
+    /// Inference weights never change.
+    Fixed(&'a Conv2d),
+    Train {
+        conv: &'a TrainConv2d,
+        weight: Tensor,
+        bias: Option<Tensor>,
+    },
+}
+
+impl Module for EvaluatedConv2d<'_> {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            EvaluatedConv2d::Fixed(conv) => conv.forward(x),
+            EvaluatedConv2d::Train { conv, weight, bias } => conv.apply(x, weight, bias.as_ref()),
+        }
+    }
+}
+
 fn conv2d_with_bias(
     x: &Tensor,
     weight: &Tensor,
@@ -549,18 +586,26 @@ impl Norm {
     }
 }
 
-impl Module for Norm {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+impl Norm {
+    /// The forward; with `frozen` the affine parameters of train-mode batch norm get no
+    /// gradient (statistics still update, as in any train-mode call).
+    pub fn forward_frozen(&self, x: &Tensor, frozen: bool) -> candle_core::Result<Tensor> {
         match self {
             Norm::Instance => instance_norm(x),
             Norm::Batch { scale, shift } => x.broadcast_mul(scale)?.broadcast_add(shift),
-            Norm::BatchTrain(stats) => stats.forward(x),
+            Norm::BatchTrain(stats) => stats.forward(x, frozen),
         }
     }
 }
 
-impl BatchStatistics {
+impl Module for Norm {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.forward_frozen(x, false)
+    }
+}
+
+impl BatchStatistics {
+    fn forward(&self, x: &Tensor, frozen: bool) -> candle_core::Result<Tensor> {
         let (n, c, h, w) = x.dims4()?;
         let count = n * h * w;
         if count < 2 {
@@ -599,7 +644,10 @@ impl BatchStatistics {
         };
         let mut y = y;
         if let Some((gamma, beta)) = &self.affine {
-            let per_channel = |t: &Tensor| t.reshape((1, c, 1, 1));
+            let per_channel = |t: &Tensor| {
+                let t = t.reshape((1, c, 1, 1))?;
+                Ok::<_, candle_core::Error>(if frozen { t.detach() } else { t })
+            };
             y = y
                 .broadcast_mul(&per_channel(gamma)?)?
                 .broadcast_add(&per_channel(beta)?)?;

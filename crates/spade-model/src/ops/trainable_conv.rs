@@ -86,15 +86,15 @@ impl TrainableConv {
         ))
     }
 
-    /// `dX` (when `x` needs one) and `dW`, as `out x (patch + 1)` rows `[dW | db]` when
-    /// `bias`.
+    /// `dX` (when `x` needs one) and, when `parameters` need one, `dW`, as `out x (patch + 1)`
+    /// rows `[dW | db]` when `bias`. Frozen parameters (the discriminator's in the generator
+    /// step) cost no weight gradient.
     fn gradients(
         &self,
-        x: &Tensor,
-        w: &Tensor,
-        grad: &Tensor,
+        (x, w, grad): (&Tensor, &Tensor, &Tensor),
         bias: bool,
-    ) -> candle_core::Result<(Option<Tensor>, Tensor)> {
+        parameters: bool,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let dx = if x.track_op() {
             let (_, _, h, w_in) = x.dims4()?;
@@ -107,12 +107,15 @@ impl TrainableConv {
         } else {
             None
         };
+        if !parameters {
+            return Ok((dx, None));
+        }
         let op = WeightGrad {
             conv: *self,
             kernel: w.dim(2)?,
             bias,
         };
-        Ok((dx, x.contiguous()?.apply_op2_no_bwd(&grad, &op)?))
+        Ok((dx, Some(x.contiguous()?.apply_op2_no_bwd(&grad, &op)?)))
     }
 }
 
@@ -138,8 +141,7 @@ impl CustomOp2 for TrainableConv {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw) = self.gradients(x, w, grad, false)?;
-        Ok((dx, Some(dw)))
+        self.gradients((x, w, grad), false, w.track_op())
     }
 }
 
@@ -173,11 +175,15 @@ impl CustomOp3 for TrainableConv {
         &self,
         x: &Tensor,
         w: &Tensor,
-        _b: &Tensor,
+        b: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dx, both) = self.gradients(x, w, grad, true)?;
+        let parameters = w.track_op() || b.track_op();
+        let (dx, both) = self.gradients((x, w, grad), true, parameters)?;
+        let Some(both) = both else {
+            return Ok((dx, None, None));
+        };
         let (o, c, k, _) = w.dims4()?;
         let patch = c * k * k;
         let dw = both.narrow(1, 0, patch)?.reshape((o, c, k, k))?;

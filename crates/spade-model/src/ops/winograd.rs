@@ -61,6 +61,7 @@ fn output_transform(m: [&[f32]; WINDOW], out: [&mut [f32]; TILE]) {
 }
 
 /// `G`, expanding a 3-tap kernel row into the 6 transformed taps.
+#[inline(always)]
 fn kernel_transform(g: [f64; 3]) -> [f64; WINDOW] {
     let [a, b, c] = g;
     [
@@ -126,19 +127,50 @@ impl Winograd {
     /// `weight`: `out x in x 3 x 3`, row-major.
     pub fn new(weight: &[f32], out_channels: usize, in_channels: usize) -> Self {
         let _time = super::profile::scope("winograd kernels");
-        let mut u = vec![0f32; POSITIONS * out_channels * in_channels];
-        for o in 0..out_channels {
-            for c in 0..in_channels {
-                let g = &weight[(o * in_channels + c) * 9..][..9];
-                let rows = [0, 1, 2].map(|r| [0, 1, 2].map(|k| f64::from(g[r * 3 + k])));
-                // G g: transform each column, then each row of the result (G g G^T).
-                let columns = [0, 1, 2].map(|k| kernel_transform(rows.map(|r| r[k])));
-                for i in 0..WINDOW {
-                    let t = kernel_transform(columns.map(|col| col[i]));
-                    for (j, v) in t.into_iter().enumerate() {
-                        u[((i * WINDOW + j) * out_channels + o) * in_channels + c] = v as f32;
+        let (co, ci) = (out_channels, in_channels);
+        // Output channels in parallel, input channels as vector lanes: `[xi][in]` per output
+        // channel. Training transforms every weight on every step, so this is no one-off.
+        let per_output: Vec<Vec<f32>> = (0..co)
+            .into_par_iter()
+            .map(|o| {
+                // `[tap][in]` in f64.
+                let mut taps = vec![0f64; 9 * ci];
+                for (c, g) in weight[o * ci * 9..][..ci * 9].chunks_exact(9).enumerate() {
+                    for (t, &value) in g.iter().enumerate() {
+                        taps[t * ci + c] = f64::from(value);
                     }
                 }
+                let tap = |r: usize, k: usize| &taps[(r * 3 + k) * ci..][..ci];
+                // G g: transform each kernel column (`[k][i][in]`), then each row of the
+                // result (G g G^T).
+                let mut columns = vec![0f64; 3 * WINDOW * ci];
+                for k in 0..3 {
+                    let column = &mut columns[k * WINDOW * ci..][..WINDOW * ci];
+                    for c in 0..ci {
+                        let t = kernel_transform([tap(0, k)[c], tap(1, k)[c], tap(2, k)[c]]);
+                        for (i, value) in t.into_iter().enumerate() {
+                            column[i * ci + c] = value;
+                        }
+                    }
+                }
+                let column = |k: usize, i: usize| &columns[(k * WINDOW + i) * ci..][..ci];
+                let mut u = vec![0f32; POSITIONS * ci];
+                for i in 0..WINDOW {
+                    let (c0, c1, c2) = (column(0, i), column(1, i), column(2, i));
+                    for c in 0..ci {
+                        let t = kernel_transform([c0[c], c1[c], c2[c]]);
+                        for (j, value) in t.into_iter().enumerate() {
+                            u[(i * WINDOW + j) * ci + c] = value as f32;
+                        }
+                    }
+                }
+                u
+            })
+            .collect();
+        let mut u = vec![0f32; POSITIONS * co * ci];
+        for (o, kernels) in per_output.iter().enumerate() {
+            for (xi, row) in kernels.chunks_exact(ci).enumerate() {
+                u[(xi * co + o) * ci..][..ci].copy_from_slice(row);
             }
         }
         Self {

@@ -57,6 +57,19 @@ pub struct Summary {
     pub interrupted: bool,
 }
 
+/// Runs candle's own element-wise ops on the calling thread, unless `CANDLE_NUM_THREADS`
+/// says otherwise. Call first thing in a training process, before any tensor op.
+///
+/// candle parallelises large element-wise ops on a pool of its own whose threads spin while
+/// they wait; beside rayon's workers (our kernels) they take cores from the convolutions.
+/// Memory-bound ops gain little from more threads: a training iteration ran 7 % faster
+/// without that pool (BENCHMARKS.md).
+pub fn serial_candle_elementwise() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
+
 /// Trains as rank `group.rank()` of a data-parallel group (alone without one): each rank
 /// takes its slice of every global batch of `batchSize x world size` samples; rank 0 alone
 /// writes checkpoints, logs and grids.

@@ -264,8 +264,10 @@ impl Trainer {
         let cfg = &self.config;
         let forward = profile::scope("step: G forward + losses");
         let (fake, style) = self.generate_fake(batch, eps)?;
-        let (outputs, pred_fake, pred_real) =
-            self.discriminate(&batch.semantics, &fake, &batch.image)?;
+        let (pred_fake, pred_real) = self.discriminator.judge_frozen(
+            &Tensor::cat(&[&batch.semantics, &fake], 1)?,
+            &Tensor::cat(&[&batch.semantics, &batch.image], 1)?,
+        )?;
         let mut terms: Vec<(&'static str, Tensor)> =
             vec![("GAN", cfg.gan_mode.loss(&pred_fake, Target::Generator)?)];
         if cfg.gan_feat_loss {
@@ -308,10 +310,7 @@ impl Trainer {
         Ok(GeneratorStep {
             losses: scalars(&terms)?,
             fake: fake.detach(),
-            discriminator_outputs: outputs
-                .into_iter()
-                .map(|scale| scale.into_iter().map(|t| t.detach()).collect())
-                .collect(),
+            discriminator_outputs: concatenated(&pred_fake, &pred_real)?,
             style: style.map(|(mu, logvar)| (mu.detach(), logvar.detach())),
             grads: named,
         })
@@ -394,6 +393,22 @@ fn gradients(grads: &GradStore, state: &NetworkState) -> HashMap<String, Tensor>
             grads
                 .get(var.as_tensor())
                 .map(|g| (format!("{}.{name}", state.label), g.clone()))
+        })
+        .collect()
+}
+
+/// `fake ++ real` along the batch, per scale and layer, detached.
+fn concatenated(
+    fake: &DiscriminatorOutputs,
+    real: &DiscriminatorOutputs,
+) -> Result<DiscriminatorOutputs> {
+    fake.iter()
+        .zip(real)
+        .map(|(f, r)| {
+            f.iter()
+                .zip(r)
+                .map(|(f, r)| Ok(Tensor::cat(&[f.detach(), r.detach()], 0)?))
+                .collect()
         })
         .collect()
 }
