@@ -60,18 +60,21 @@ fn output_transform(m: [&[f32]; WINDOW], out: [&mut [f32]; TILE]) {
     }
 }
 
-/// `G`, expanding a 3-tap kernel row into the 6 transformed taps.
-#[inline(always)]
-fn kernel_transform(g: [f64; 3]) -> [f64; WINDOW] {
-    let [a, b, c] = g;
-    [
-        a / 4.0,
-        -(a + b + c) / 6.0,
-        -(a - b + c) / 6.0,
-        a / 24.0 + b / 12.0 + c / 6.0,
-        a / 24.0 - b / 12.0 + c / 6.0,
-        c,
-    ]
+/// `G`, expanding 3-tap kernel rows into 6 transformed taps each: lane `l` of `g` into lane
+/// `l` of `out`.
+fn kernel_transform(g: [&[f64]; 3], out: [&mut [f64]; WINDOW]) {
+    let n = out[0].len();
+    let [a, b, c] = g.map(|s| &s[..n]);
+    let [o0, o1, o2, o3, o4, o5] = out.map(|s| &mut s[..n]);
+    for l in 0..n {
+        let (a, b, c) = (a[l], b[l], c[l]);
+        o0[l] = a / 4.0;
+        o1[l] = -(a + b + c) / 6.0;
+        o2[l] = -(a - b + c) / 6.0;
+        o3[l] = a / 24.0 + b / 12.0 + c / 6.0;
+        o4[l] = a / 24.0 - b / 12.0 + c / 6.0;
+        o5[l] = c;
+    }
 }
 
 /// `A`, the adjoint of [`output_transform`]: spreads 4 output-gradient pixels over the 6
@@ -105,7 +108,7 @@ fn band_rows(channels: usize, tiles_x: usize, tiles_y: usize) -> usize {
 }
 
 /// Splits a slice into `N` consecutive chunks of `len`.
-fn split<const N: usize>(s: &mut [f32], len: usize) -> [&mut [f32]; N] {
+fn split<const N: usize, T>(s: &mut [T], len: usize) -> [&mut [T]; N] {
     let mut rest = s;
     std::array::from_fn(|_| {
         let (head, tail) = std::mem::take(&mut rest).split_at_mut(len);
@@ -144,27 +147,15 @@ impl Winograd {
                 // G g: transform each kernel column (`[k][i][in]`), then each row of the
                 // result (G g G^T).
                 let mut columns = vec![0f64; 3 * WINDOW * ci];
-                for k in 0..3 {
-                    let column = &mut columns[k * WINDOW * ci..][..WINDOW * ci];
-                    for c in 0..ci {
-                        let t = kernel_transform([tap(0, k)[c], tap(1, k)[c], tap(2, k)[c]]);
-                        for (i, value) in t.into_iter().enumerate() {
-                            column[i * ci + c] = value;
-                        }
-                    }
+                for (k, column) in columns.chunks_exact_mut(WINDOW * ci).enumerate() {
+                    kernel_transform([tap(0, k), tap(1, k), tap(2, k)], split(column, ci));
                 }
                 let column = |k: usize, i: usize| &columns[(k * WINDOW + i) * ci..][..ci];
-                let mut u = vec![0f32; POSITIONS * ci];
-                for i in 0..WINDOW {
-                    let (c0, c1, c2) = (column(0, i), column(1, i), column(2, i));
-                    for c in 0..ci {
-                        let t = kernel_transform([c0[c], c1[c], c2[c]]);
-                        for (j, value) in t.into_iter().enumerate() {
-                            u[(i * WINDOW + j) * ci + c] = value as f32;
-                        }
-                    }
+                let mut rows = vec![0f64; POSITIONS * ci];
+                for (i, row) in rows.chunks_exact_mut(WINDOW * ci).enumerate() {
+                    kernel_transform([column(0, i), column(1, i), column(2, i)], split(row, ci));
                 }
-                u
+                rows.into_iter().map(|v| v as f32).collect()
             })
             .collect();
         let mut u = vec![0f32; POSITIONS * co * ci];
@@ -465,7 +456,7 @@ fn transform_output(
         for jj in 0..TILE {
             let column: [&[f32]; WINDOW] =
                 std::array::from_fn(|i| &folded[(i * TILE + jj) * tiles_x..][..tiles_x]);
-            let out = split::<TILE>(&mut pixels, TILE * tiles_x)
+            let out = split::<TILE, f32>(&mut pixels, TILE * tiles_x)
                 .map(|s| &mut s[jj * tiles_x..(jj + 1) * tiles_x]);
             output_transform(column, out);
         }
