@@ -22,6 +22,7 @@ use crate::ops::gemm_bf16::Bf16Isa;
 use crate::ops::modulate::PlaneNorm;
 use crate::ops::segmap::SegmapConv;
 use crate::ops::segmap_train::SegmapTrain;
+use crate::ops::spectral::SpectralNormalize;
 use crate::ops::trainable_conv::TrainableConv;
 
 /// Epsilon of PyTorch's BatchNorm2d and InstanceNorm2d.
@@ -401,14 +402,22 @@ impl TrainConv2d {
             None => self.weight.clone(),
             Some((u_buf, v_buf)) => {
                 let out_c = self.weight.dim(0)?;
-                let w = self.weight.reshape((out_c, ()))?;
-                let fixed = w.detach();
+                let fixed = self.weight.detach().reshape((out_c, ()))?;
                 let column = |t: &Tensor| t.unsqueeze(1);
                 let v = l2_normalize(&fixed.t()?.matmul(&column(&u_buf.as_tensor().detach())?)?)?;
                 let u = l2_normalize(&fixed.matmul(&v)?)?;
-                u_buf.set(&u.squeeze(1)?)?;
-                v_buf.set(&v.squeeze(1)?)?;
-                let sigma = (u * w.matmul(&v)?)?.sum_all()?;
+                let (u, v) = (u.squeeze(1)?, v.squeeze(1)?);
+                u_buf.set(&u)?;
+                v_buf.set(&v)?;
+                if self.weight.device().is_cpu() && self.weight.dtype() == DType::F32 {
+                    let op = SpectralNormalize {
+                        u: u.to_vec1()?,
+                        v: v.to_vec1()?,
+                    };
+                    return self.weight.contiguous()?.apply_op1(op);
+                }
+                let w = self.weight.reshape((out_c, ()))?;
+                let sigma = (u * w.matmul(&v.unsqueeze(1)?)?.squeeze(1)?)?.sum_all()?;
                 self.weight.broadcast_div(&sigma)?
             }
         })

@@ -5,7 +5,8 @@
 //! [`segmap::SegmapConv`] (`mlp_shared` on one-hot maps), [`modulate::Modulate`] (SPADE's
 //! normalisation + modulation + leaky ReLU). Training: [`trainable_conv::TrainableConv`],
 //! [`segmap_train::SegmapTrain`] (`mlp_shared` with its weight gradient by scatter),
-//! [`modulate_train::ModulateTrain`] (SPADE's modulation with its gradient), [`fused`]
+//! [`modulate_train::ModulateTrain`] (SPADE's modulation with its gradient),
+//! [`spectral::SpectralNormalize`] (spectral norm's division with its gradient), [`fused`]
 //! (leaky ReLU and normalisations with hand-written gradients), [`all_reduce`]. Pooling with
 //! padding left out of the window: [`pool`].
 //! Shared machinery: [`gemm`], [`gemm_bf16`] (bfloat16 products on AMX / AVX512-BF16), [`im2col`], [`scratch`], [`layout`]; [`profile`] times them.
@@ -24,5 +25,6 @@ pub mod profile;
 pub mod scratch;
 pub mod segmap;
 pub mod segmap_train;
+pub mod spectral;
 pub mod trainable_conv;
 pub mod winograd;
