@@ -113,3 +113,23 @@ pub fn write_plain(
             .map_err(|e| Error::checkpoint(tmp, e.to_string()))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use safetensors::tensor::{Dtype, TensorView};
+
+    /// A tensor whose element type candle cannot hold (here bool) is refused with the file,
+    /// the tensor and the type named, not read as something else.
+    #[test]
+    fn an_element_type_spade_never_uses_is_named() {
+        let data = [1u8, 0, 1, 1];
+        let view = TensorView::new(Dtype::BOOL, vec![2, 2], &data).unwrap();
+        let bytes = safetensors::serialize([("fc.weight", view)], None).unwrap();
+        let path = Path::new("model.safetensors");
+        let msg = slices(&bytes, path).unwrap_err().to_string();
+        for part in ["model.safetensors", "`fc.weight`", "BOOL", "never use"] {
+            assert!(msg.contains(part), "`{part}` missing from: {msg}");
+        }
+    }
+}
