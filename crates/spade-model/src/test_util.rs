@@ -1,5 +1,6 @@
 //! Helpers of the unit tests.
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor};
 
 /// `max |a - b|`, computed in float64.
@@ -26,4 +27,9 @@ pub fn seeded_randn(seed: u64, shape: &[usize]) -> Tensor {
         .map(|_| rand_distr::StandardNormal.sample(&mut rng))
         .collect();
     Tensor::from_vec(values, shape, &candle_core::Device::Cpu).unwrap()
+}
+
+/// The gradients of `sum(y * probe)`: for a random `probe`, every gradient of `y` at once.
+pub fn probed_gradients(y: &Tensor, probe: &Tensor) -> GradStore {
+    (y * probe).unwrap().sum_all().unwrap().backward().unwrap()
 }

@@ -256,7 +256,7 @@ impl CustomOp3 for Normalize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::{max_abs_diff, seeded_randn};
+    use crate::test_util::{max_abs_diff, probed_gradients, seeded_randn};
     use candle_core::{DType, Device, Var};
 
     fn reference_normalize(x: &Tensor, stats: Statistics) -> Tensor {
@@ -311,13 +311,8 @@ mod tests {
             );
             let (a, b) = (ours(v.as_tensor()), theirs(v64.as_tensor()));
             assert!(max_abs_diff(&a, &b) < 1e-5, "{name}: forward");
-            let ga = (a * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-            let gb = (b * &probe64)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
+            let ga = probed_gradients(&a, &probe);
+            let gb = probed_gradients(&b, &probe64);
             let err = max_abs_diff(
                 ga.get(v.as_tensor()).unwrap(),
                 gb.get(v64.as_tensor()).unwrap(),

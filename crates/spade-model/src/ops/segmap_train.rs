@@ -237,7 +237,7 @@ impl WeightGrad {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::{max_abs_diff, seeded_randn};
+    use crate::test_util::{max_abs_diff, probed_gradients, seeded_randn};
     use candle_core::{Device, Var};
 
     /// Gradients of `sum(relu(conv(seg, W) + b) * probe)` by [`SegmapTrain`] and by candle's
@@ -259,7 +259,7 @@ mod tests {
             .relu()
             .unwrap();
         let grads = |y: &Tensor| {
-            let g = (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            let g = probed_gradients(y, &probe);
             (
                 g.get(weight.as_tensor()).unwrap().clone(),
                 g.get(bias.as_tensor()).unwrap().clone(),

@@ -126,7 +126,7 @@ impl CustomOp2 for SpectralNormalizeGrad {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::{max_abs_diff, seeded_randn};
+    use crate::test_util::{max_abs_diff, probed_gradients, seeded_randn};
     use candle_core::{DType, Var};
 
     /// Forward and gradient against the same function composed from candle ops in f64.
@@ -142,12 +142,7 @@ mod tests {
             v: v.to_vec1().unwrap(),
         };
         let ours = w.as_tensor().apply_op1(op).unwrap();
-        let grads = (&ours * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let grads = probed_gradients(&ours, &probe);
 
         let w64 = Var::from_tensor(&w.as_tensor().to_dtype(DType::F64).unwrap()).unwrap();
         let (u64, v64) = (

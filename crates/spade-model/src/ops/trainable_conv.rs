@@ -450,7 +450,7 @@ fn col2im(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::{max_abs_diff, seeded_randn};
+    use crate::test_util::{max_abs_diff, probed_gradients, seeded_randn};
     use candle_core::{DType, Var};
 
     /// The forward against candle's conv2d, and both gradients through the adjoint
@@ -491,12 +491,7 @@ mod tests {
             assert!(forward_err < 1e-4, "{case}: forward error {forward_err}");
 
             let probe = rand(ours.dims());
-            let grads = (&ours * &probe)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
+            let grads = probed_gradients(&ours, &probe);
             let dot = |a: &Tensor, b: &Tensor| {
                 (a.to_dtype(DType::F64).unwrap() * b.to_dtype(DType::F64).unwrap())
                     .unwrap()
@@ -546,7 +541,7 @@ mod tests {
                 "forward k{k} {h}x{w}"
             );
             let probe = seeded_randn(4, ours.dims());
-            let grads = |y: &Tensor| (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            let grads = |y: &Tensor| probed_gradients(y, &probe);
             let (g, r) = (grads(&ours), grads(&reference));
             for (what, v) in [("x", x_), ("w", w_), ("b", b_)] {
                 let diff = max_abs_diff(g.get(v).unwrap(), r.get(v).unwrap());
