@@ -97,14 +97,14 @@ impl CpuConv2d {
     pub fn with_bf16(self, isa: Bf16Isa) -> Self {
         let s = self.shape;
         let packed = match &self.weights {
-            ConvWeights::F32 { weight, .. } => PackedLhs::new(weight, s.out_channels, s.patch()),
-            ConvWeights::Bf16 { packed, .. } => packed.as_ref().clone(),
+            ConvWeights::F32 { weight, .. } => {
+                Arc::new(PackedLhs::new(weight, s.out_channels, s.patch()))
+            }
+            // Already packed: only the instruction set changes.
+            ConvWeights::Bf16 { packed, .. } => Arc::clone(packed),
         };
         Self {
-            weights: ConvWeights::Bf16 {
-                isa,
-                packed: Arc::new(packed),
-            },
+            weights: ConvWeights::Bf16 { isa, packed },
             ..self
         }
     }
