@@ -20,10 +20,12 @@ use crate::ops::conv::CpuConv2d;
 use crate::ops::fused::{channel_moments, normalize, Statistics};
 use crate::ops::gemm_bf16::Bf16Isa;
 use crate::ops::modulate::PlaneNorm;
+use crate::ops::pool::{Pool2d, PoolKind};
 use crate::ops::segmap::SegmapConv;
 use crate::ops::segmap_train::SegmapTrain;
 use crate::ops::spectral::SpectralNormalize;
 use crate::ops::trainable_conv::TrainableConv;
+use crate::ops::upsample::Upsample2x;
 
 /// Epsilon of PyTorch's BatchNorm2d and InstanceNorm2d.
 const NORM_EPS: f64 = 1e-5;
@@ -737,9 +739,19 @@ fn nearest_indices(input: usize, output: usize, device: &Device) -> candle_core:
 }
 
 /// `F.avg_pool2d(x, 3, stride=2, padding=1, count_include_pad=False)`, the discriminator's
-/// downsampling between scales. Built from slices and sums so that it has a gradient (candle's
-/// pooling has no backward when the kernel differs from the stride).
+/// downsampling between scales: [`Pool2d`] on the CPU, elsewhere built from slices and sums
+/// so that it has a gradient (candle's pooling has no backward when the kernel differs from
+/// the stride).
 pub fn avg_pool3x3_s2(x: &Tensor) -> candle_core::Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        let pool = Pool2d {
+            kind: PoolKind::Average,
+            kernel: 3,
+            stride: 2,
+            padding: 1,
+        };
+        return x.contiguous()?.apply_op1(pool);
+    }
     let (_, _, h, w) = x.dims4()?;
     let sums = window_sum_3_stride_2(&window_sum_3_stride_2(x, 2)?, 3)?;
     let rows = Tensor::from_vec(window_counts(h), (h.div_ceil(2), 1), x.device())?;
@@ -777,8 +789,12 @@ fn window_counts(len: usize) -> Vec<f32> {
         .collect()
 }
 
-/// `nn.Upsample(scale_factor=2)`: every pixel becomes a 2x2 block.
+/// `nn.Upsample(scale_factor=2)`: every pixel becomes a 2x2 block ([`Upsample2x`] on the
+/// CPU).
 pub fn upsample2x(x: &Tensor) -> candle_core::Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        return x.contiguous()?.apply_op1(Upsample2x);
+    }
     let (n, c, h, w) = x.dims4()?;
     x.reshape((n, c, h, 1, w, 1))?
         .broadcast_as((n, c, h, 2, w, 2))?

@@ -8,7 +8,8 @@
 //! [`modulate_train::ModulateTrain`] (SPADE's modulation with its gradient),
 //! [`spectral::SpectralNormalize`] (spectral norm's division with its gradient), [`fused`]
 //! (leaky ReLU and normalisations with hand-written gradients), [`all_reduce`]. Pooling with
-//! padding left out of the window: [`pool`].
+//! padding left out of the window: [`pool`]; nearest upsampling by 2: [`upsample`] (both
+//! with gradients).
 //! Shared machinery: [`gemm`], [`gemm_bf16`] (bfloat16 products on AMX / AVX512-BF16), [`im2col`], [`scratch`], [`layout`]; [`profile`] times them.
 
 pub mod all_reduce;
@@ -27,4 +28,5 @@ pub mod segmap;
 pub mod segmap_train;
 pub mod spectral;
 pub mod trainable_conv;
+pub mod upsample;
 pub mod winograd;

@@ -1,8 +1,9 @@
 //! Average and max pooling with zero padding left out of the window, as PyTorch's
 //! `avg_pool2d(count_include_pad=False)` and `max_pool2d(padding=p)` compute them: one pass
 //! over the input, a plane per task, where candle needs a padded copy, a pool and a divide.
+//! Average pooling has its gradient too (the discriminator pools between its scales).
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::layout::nchw;
@@ -93,6 +94,65 @@ impl CustomOp1 for Pool2d {
             .for_each(|(dst, src)| self.plane(src, (h, w), dst));
         Ok((CpuStorage::F32(out), Shape::from((n, c, ho, wo))))
     }
+
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        if self.kind != PoolKind::Average {
+            candle_core::bail!("max pooling has no gradient here");
+        }
+        let (_, _, h, w) = arg.dims4()?;
+        let op = AveragePoolGrad {
+            pool: *self,
+            size: (h, w),
+        };
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&op)?))
+    }
+}
+
+/// The input gradient of an average pool: each output's gradient, divided by its window's
+/// pixel count, added to every pixel of the window.
+struct AveragePoolGrad {
+    pool: Pool2d,
+    size: (usize, usize),
+}
+
+impl CustomOp1 for AveragePoolGrad {
+    fn name(&self) -> &'static str {
+        "average-pool-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let _time = super::profile::scope(self.name());
+        let (grad, [n, c, ho, wo]) = nchw(storage, layout)?;
+        let (h, w) = self.size;
+        let p = &self.pool;
+        let mut dx = vec![0f32; n * c * h * w];
+        dx.par_chunks_mut(h * w)
+            .zip(grad.par_chunks(ho * wo))
+            .for_each(|(plane, g)| {
+                for (oy, row) in g.chunks_exact(wo).enumerate() {
+                    let (y0, y1) = p.window(oy, h);
+                    for (ox, &value) in row.iter().enumerate() {
+                        let (x0, x1) = p.window(ox, w);
+                        let share = value / ((y1 - y0) * (x1 - x0)) as f32;
+                        for y in y0..y1 {
+                            for d in &mut plane[y * w + x0..y * w + x1] {
+                                *d += share;
+                            }
+                        }
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(dx), Shape::from((n, c, h, w))))
+    }
 }
 
 #[cfg(test)]
@@ -169,6 +229,34 @@ mod tests {
                 .unwrap();
             assert_eq!(ours.dims(), expected.dims());
             assert_eq!(max_abs_diff(&ours, &expected), 0.0, "{k} {stride} {pad}");
+        }
+    }
+
+    /// The gradient of the average pool is the adjoint of the pool: for any `d` and
+    /// probe `p`, `<dL/dx, d> = <pool(d), p>` with `L = <pool(x), p>`.
+    #[test]
+    fn average_pool_gradient_is_the_adjoint_of_the_pool() {
+        for (k, stride, pad, h, w) in [(3, 2, 1, 9, 8), (3, 2, 1, 16, 16), (3, 1, 1, 7, 5)] {
+            let x = candle_core::Var::from_tensor(&seeded_randn(31, &[2, 3, h, w])).unwrap();
+            let op = pool(PoolKind::Average, k, stride, pad);
+            let y = x.as_tensor().apply_op1(op).unwrap();
+            let probe = seeded_randn(32, y.dims());
+            let grads = crate::test_util::probed_gradients(&y, &probe);
+            let d = seeded_randn(33, &[2, 3, h, w]);
+            let dot = |a: &Tensor, b: &Tensor| {
+                (a * b)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+            };
+            let got = dot(grads.get(x.as_tensor()).unwrap(), &d);
+            let want = dot(&d.apply_op1_no_bwd(&op).unwrap(), &probe);
+            assert!(
+                (got - want).abs() < 1e-4 * want.abs().max(1.0),
+                "{k} {stride} {pad}: {got} vs {want}"
+            );
         }
     }
 
