@@ -312,7 +312,7 @@ fn one_iteration(name: &str) {
         &g.fake,
         output_tolerance(&json, &["noise_floor", "fake_image.npy"], 0.0),
     );
-    for (s, scale) in g.discriminator_outputs.iter().enumerate() {
+    for (s, scale) in g.discriminator_outputs().unwrap().iter().enumerate() {
         for (l, out) in scale.iter().enumerate() {
             let file = format!("d_out_s{s}_l{l}.npy");
             tensor_check(
@@ -465,7 +465,7 @@ fn float64_generator_step(name: &str) {
         &g.fake,
         floor(&json, &["noise_floor", "fake_image.npy"]),
     );
-    for (s, scale) in g.discriminator_outputs.iter().enumerate() {
+    for (s, scale) in g.discriminator_outputs().unwrap().iter().enumerate() {
         for (l, out) in scale.iter().enumerate() {
             let file = format!("d_out_s{s}_l{l}.npy");
             compare("d_out", &file, out, floor(&json, &["noise_floor", &file]));

@@ -93,26 +93,21 @@ impl PatchDiscriminator {
 
     /// Every group's output, the last being the patch predictions.
     pub fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
-        let [outputs] = self.forward_each([x.clone()], false)?;
-        Ok(outputs)
+        let mut outputs = self.forward_each(vec![x.clone()], false)?;
+        Ok(outputs.remove(0))
     }
 
     /// Every group's output for each input, the inputs sharing one evaluation of every
     /// weight (one spectral-norm power iteration, as a single call on their concatenation
     /// would run); with `frozen` no gradient reaches the parameters.
-    fn forward_each<const N: usize>(
-        &self,
-        inputs: [Tensor; N],
-        frozen: bool,
-    ) -> Result<[Vec<Tensor>; N]> {
-        let mut outputs = std::array::from_fn(|_| Vec::with_capacity(self.groups.len()));
-        let mut xs = inputs;
+    fn forward_each(&self, mut xs: Vec<Tensor>, frozen: bool) -> Result<Vec<Vec<Tensor>>> {
+        let mut outputs = vec![Vec::with_capacity(self.groups.len()); xs.len()];
         for group in &self.groups {
             let conv = group.conv.evaluated(frozen)?;
             for (x, outputs) in xs.iter_mut().zip(&mut outputs) {
                 let mut y = conv.forward(x)?;
                 if let Some(norm) = &group.norm {
-                    y = norm.forward_frozen(&y, frozen)?;
+                    y = norm.forward_with(&y, frozen)?;
                 }
                 if group.activation {
                     y = leaky_relu(&y)?;
@@ -174,32 +169,35 @@ impl MultiscaleDiscriminator {
     /// their gradients (the reference computes them anyway). With per-sample norms the real
     /// half is judged apart, so that nothing is differentiated through it either.
     pub fn judge_frozen(&self, fake: &Tensor, real: &Tensor) -> Result<(Outputs, Outputs)> {
-        let mut fake_outputs = Vec::with_capacity(self.scales.len());
-        let mut real_outputs = Vec::with_capacity(self.scales.len());
-        if self.scales.iter().any(|s| s.normalizes_over_the_batch()) {
-            let n = fake.dim(0)?;
-            let mut x = Tensor::cat(&[fake, real], 0)?;
-            for (i, scale) in self.scales.iter().enumerate() {
-                if i > 0 {
-                    x = avg_pool3x3_s2(&x)?;
-                }
-                let [outputs] = scale.forward_each([x.clone()], true)?;
+        let joint = self.scales.iter().any(|s| s.normalizes_over_the_batch());
+        let n = fake.dim(0)?;
+        let mut xs = if joint {
+            vec![Tensor::cat(&[fake, real], 0)?]
+        } else {
+            vec![fake.clone(), real.detach()]
+        };
+        let (mut fake_outputs, mut real_outputs) = (Vec::new(), Vec::new());
+        for (i, scale) in self.scales.iter().enumerate() {
+            if i > 0 {
+                xs = xs
+                    .iter()
+                    .map(avg_pool3x3_s2)
+                    .collect::<candle_core::Result<_>>()?;
+            }
+            let mut outputs = scale.forward_each(xs.clone(), true)?;
+            if joint {
                 let half = |start| -> Result<Vec<Tensor>> {
-                    outputs.iter().map(|t| Ok(t.narrow(0, start, n)?)).collect()
+                    outputs[0]
+                        .iter()
+                        .map(|t| Ok(t.narrow(0, start, n)?))
+                        .collect()
                 };
                 fake_outputs.push(half(0)?);
                 real_outputs.push(half(n)?);
+            } else {
+                real_outputs.push(outputs.pop().expect("two inputs"));
+                fake_outputs.push(outputs.pop().expect("two inputs"));
             }
-            return Ok((fake_outputs, real_outputs));
-        }
-        let mut xs = [fake.clone(), real.detach()];
-        for (i, scale) in self.scales.iter().enumerate() {
-            if i > 0 {
-                xs = [avg_pool3x3_s2(&xs[0])?, avg_pool3x3_s2(&xs[1])?];
-            }
-            let [f, r] = scale.forward_each(xs.clone(), true)?;
-            fake_outputs.push(f);
-            real_outputs.push(r);
         }
         Ok((fake_outputs, real_outputs))
     }

@@ -600,7 +600,7 @@ impl Norm {
 impl Norm {
     /// The forward; with `frozen` the affine parameters of train-mode batch norm get no
     /// gradient (statistics still update, as in any train-mode call).
-    pub fn forward_frozen(&self, x: &Tensor, frozen: bool) -> candle_core::Result<Tensor> {
+    pub fn forward_with(&self, x: &Tensor, frozen: bool) -> candle_core::Result<Tensor> {
         match self {
             Norm::Instance => instance_norm(x),
             Norm::Batch { scale, shift } => x.broadcast_mul(scale)?.broadcast_add(shift),
@@ -611,7 +611,7 @@ impl Norm {
 
 impl Module for Norm {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.forward_frozen(x, false)
+        self.forward_with(x, false)
     }
 }
 

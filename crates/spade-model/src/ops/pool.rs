@@ -3,10 +3,8 @@
 //! over the input, a plane per task, where candle needs a padded copy, a pool and a divide.
 //! Average pooling has its gradient too (the discriminator pools between its scales).
 
+use super::layout::{map_planes, nchw};
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
-use rayon::prelude::*;
-
-use super::layout::nchw;
 
 /// What a window keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,10 +86,7 @@ impl CustomOp1 for Pool2d {
             );
         }
         let (ho, wo) = (self.out_size(h), self.out_size(w));
-        let mut out = vec![0f32; n * c * ho * wo];
-        out.par_chunks_mut(ho * wo)
-            .zip(x.par_chunks(h * w))
-            .for_each(|(dst, src)| self.plane(src, (h, w), dst));
+        let out = map_planes(x, h * w, ho * wo, |src, dst| self.plane(src, (h, w), dst));
         Ok((CpuStorage::F32(out), Shape::from((n, c, ho, wo))))
     }
 
@@ -134,23 +129,20 @@ impl CustomOp1 for AveragePoolGrad {
         let (grad, [n, c, ho, wo]) = nchw(storage, layout)?;
         let (h, w) = self.size;
         let p = &self.pool;
-        let mut dx = vec![0f32; n * c * h * w];
-        dx.par_chunks_mut(h * w)
-            .zip(grad.par_chunks(ho * wo))
-            .for_each(|(plane, g)| {
-                for (oy, row) in g.chunks_exact(wo).enumerate() {
-                    let (y0, y1) = p.window(oy, h);
-                    for (ox, &value) in row.iter().enumerate() {
-                        let (x0, x1) = p.window(ox, w);
-                        let share = value / ((y1 - y0) * (x1 - x0)) as f32;
-                        for y in y0..y1 {
-                            for d in &mut plane[y * w + x0..y * w + x1] {
-                                *d += share;
-                            }
+        let dx = map_planes(grad, ho * wo, h * w, |g, plane| {
+            for (oy, row) in g.chunks_exact(wo).enumerate() {
+                let (y0, y1) = p.window(oy, h);
+                for (ox, &value) in row.iter().enumerate() {
+                    let (x0, x1) = p.window(ox, w);
+                    let share = value / ((y1 - y0) * (x1 - x0)) as f32;
+                    for y in y0..y1 {
+                        for d in &mut plane[y * w + x0..y * w + x1] {
+                            *d += share;
                         }
                     }
                 }
-            });
+            }
+        });
         Ok((CpuStorage::F32(dx), Shape::from((n, c, h, w))))
     }
 }
@@ -258,6 +250,17 @@ mod tests {
                 "{k} {stride} {pad}: {got} vs {want}"
             );
         }
+    }
+
+    #[test]
+    fn max_pooling_refuses_to_differentiate() {
+        let x = candle_core::Var::from_tensor(&seeded_randn(34, &[1, 1, 4, 4])).unwrap();
+        let y = x
+            .as_tensor()
+            .apply_op1(pool(PoolKind::Max, 2, 2, 0))
+            .unwrap();
+        let msg = y.sum_all().unwrap().backward().unwrap_err().to_string();
+        assert!(msg.contains("max pooling has no gradient"), "{msg}");
     }
 
     #[test]

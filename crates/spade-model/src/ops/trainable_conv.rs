@@ -91,7 +91,9 @@ impl TrainableConv {
     /// step) cost no weight gradient.
     fn gradients(
         &self,
-        (x, w, grad): (&Tensor, &Tensor, &Tensor),
+        x: &Tensor,
+        w: &Tensor,
+        grad: &Tensor,
         bias: bool,
         parameters: bool,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
@@ -141,7 +143,7 @@ impl CustomOp2 for TrainableConv {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        self.gradients((x, w, grad), false, w.track_op())
+        self.gradients(x, w, grad, false, w.track_op())
     }
 }
 
@@ -180,7 +182,7 @@ impl CustomOp3 for TrainableConv {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let parameters = w.track_op() || b.track_op();
-        let (dx, both) = self.gradients((x, w, grad), true, parameters)?;
+        let (dx, both) = self.gradients(x, w, grad, true, parameters)?;
         let Some(both) = both else {
             return Ok((dx, None, None));
         };

@@ -3,10 +3,8 @@
 //! ops (a broadcast and a reshape) the forward is a strided copy and the backward a
 //! reduction over two strided axes, about 10x slower at the generator's 128 x 128 maps.
 
+use super::layout::{map_planes, nchw};
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
-use rayon::prelude::*;
-
-use super::layout::nchw;
 
 /// Nearest-neighbour upsampling by 2 of an NCHW tensor.
 #[derive(Debug, Clone, Copy)]
@@ -24,18 +22,15 @@ impl CustomOp1 for Upsample2x {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let _time = super::profile::scope(self.name());
         let (x, [n, c, h, w]) = nchw(storage, layout)?;
-        let mut out = vec![0f32; n * c * 4 * h * w];
-        out.par_chunks_mut(4 * h * w)
-            .zip(x.par_chunks(h * w))
-            .for_each(|(dst, src)| {
-                for (rows, row) in dst.chunks_exact_mut(4 * w).zip(src.chunks_exact(w)) {
-                    let (top, bottom) = rows.split_at_mut(2 * w);
-                    for (pair, &v) in top.chunks_exact_mut(2).zip(row) {
-                        pair.fill(v);
-                    }
-                    bottom.copy_from_slice(top);
+        let out = map_planes(x, h * w, 4 * h * w, |src, dst| {
+            for (rows, row) in dst.chunks_exact_mut(4 * w).zip(src.chunks_exact(w)) {
+                let (top, bottom) = rows.split_at_mut(2 * w);
+                for (pair, &v) in top.chunks_exact_mut(2).zip(row) {
+                    pair.fill(v);
                 }
-            });
+                bottom.copy_from_slice(top);
+            }
+        });
         Ok((CpuStorage::F32(out), Shape::from((n, c, 2 * h, 2 * w))))
     }
 
@@ -69,22 +64,19 @@ impl CustomOp1 for BlockSum {
             candle_core::bail!("2 x 2 block sums need even sides, got {h2}x{w2}");
         }
         let (h, w) = (h2 / 2, w2 / 2);
-        let mut out = vec![0f32; n * c * h * w];
-        out.par_chunks_mut(h * w)
-            .zip(g.par_chunks(h2 * w2))
-            .for_each(|(dst, src)| {
-                for (row, rows) in dst.chunks_exact_mut(w).zip(src.chunks_exact(2 * w2)) {
-                    let (top, bottom) = rows.split_at(w2);
-                    for ((d, t), b) in row
-                        .iter_mut()
-                        .zip(top.chunks_exact(2))
-                        .zip(bottom.chunks_exact(2))
-                    {
-                        // The order of the broadcast reduction it replaces: columns, then rows.
-                        *d = (t[0] + t[1]) + (b[0] + b[1]);
-                    }
+        let out = map_planes(g, h2 * w2, h * w, |src, dst| {
+            for (row, rows) in dst.chunks_exact_mut(w).zip(src.chunks_exact(2 * w2)) {
+                let (top, bottom) = rows.split_at(w2);
+                for ((d, t), b) in row
+                    .iter_mut()
+                    .zip(top.chunks_exact(2))
+                    .zip(bottom.chunks_exact(2))
+                {
+                    // The order of the broadcast reduction it replaces: columns, then rows.
+                    *d = (t[0] + t[1]) + (b[0] + b[1]);
                 }
-            });
+            }
+        });
         Ok((CpuStorage::F32(out), Shape::from((n, c, h, w))))
     }
 }
@@ -118,5 +110,14 @@ mod tests {
         );
         let diff = max_abs_diff(g.get(x.as_tensor()).unwrap(), r.get(x.as_tensor()).unwrap());
         assert!(diff < 1e-6, "gradient differs by {diff}");
+    }
+
+    #[test]
+    fn block_sums_of_odd_sides_are_an_error() {
+        let msg = seeded_randn(3, &[1, 2, 4, 5])
+            .apply_op1_no_bwd(&BlockSum)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("even sides, got 4x5"), "{msg}");
     }
 }

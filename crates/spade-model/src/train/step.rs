@@ -36,7 +36,7 @@ pub struct Batch {
 }
 
 /// Per scale, every layer's output of the discriminator.
-pub type DiscriminatorOutputs = Vec<Vec<Tensor>>;
+pub use crate::nets::discriminator::Outputs as DiscriminatorOutputs;
 
 /// Named scalar losses of a step, in the reference's order.
 pub type Losses = Vec<(&'static str, f32)>;
@@ -45,8 +45,8 @@ pub type Losses = Vec<(&'static str, f32)>;
 pub struct GeneratorStep {
     pub losses: Losses,
     pub fake: Tensor,
-    /// Every discriminator output (per scale, per layer) for `fake ++ real` along the batch.
-    pub discriminator_outputs: DiscriminatorOutputs,
+    /// Every discriminator output (per scale, per layer) for the fake and for the real image.
+    pub judged: (DiscriminatorOutputs, DiscriminatorOutputs),
     /// `(mu, logvar)` of the encoder, with the VAE.
     pub style: Option<(Tensor, Tensor)>,
     /// Gradients of the G (and E) parameters, keyed `G.<name>` / `E.<name>`.
@@ -310,7 +310,7 @@ impl Trainer {
         Ok(GeneratorStep {
             losses: scalars(&terms)?,
             fake: fake.detach(),
-            discriminator_outputs: concatenated(&pred_fake, &pred_real)?,
+            judged: (detached(pred_fake), detached(pred_real)),
             style: style.map(|(mu, logvar)| (mu.detach(), logvar.detach())),
             grads: named,
         })
@@ -397,20 +397,28 @@ fn gradients(grads: &GradStore, state: &NetworkState) -> HashMap<String, Tensor>
         .collect()
 }
 
-/// `fake ++ real` along the batch, per scale and layer, detached.
-fn concatenated(
-    fake: &DiscriminatorOutputs,
-    real: &DiscriminatorOutputs,
-) -> Result<DiscriminatorOutputs> {
-    fake.iter()
-        .zip(real)
-        .map(|(f, r)| {
-            f.iter()
-                .zip(r)
-                .map(|(f, r)| Ok(Tensor::cat(&[f.detach(), r.detach()], 0)?))
-                .collect()
-        })
+fn detached(outputs: DiscriminatorOutputs) -> DiscriminatorOutputs {
+    outputs
+        .into_iter()
+        .map(|scale| scale.into_iter().map(|t| t.detach()).collect())
         .collect()
+}
+
+impl GeneratorStep {
+    /// The discriminator's outputs for `fake ++ real` along the batch, per scale and layer,
+    /// as one call on both (the reference's order). Built on demand: training never needs it.
+    pub fn discriminator_outputs(&self) -> Result<DiscriminatorOutputs> {
+        let (fake, real) = &self.judged;
+        fake.iter()
+            .zip(real)
+            .map(|(f, r)| {
+                f.iter()
+                    .zip(r)
+                    .map(|(f, r)| Ok(Tensor::cat(&[f, r], 0)?))
+                    .collect()
+            })
+            .collect()
+    }
 }
 
 /// Backward of the sum of the loss terms.
