@@ -70,6 +70,25 @@ pub fn serial_candle_elementwise() {
     }
 }
 
+/// Runs `work` on one of rayon's worker threads and returns its result. Call it around the
+/// training loop of a process that trains alone (the `trainer` binary, `spade bench-train`).
+///
+/// Our kernels split their work with rayon. Called from a thread outside rayon's pool
+/// (`main`), every parallel op hands its job to the pool and sleeps until a worker has done
+/// it: two futex wake-ups per op, hundreds of ops per iteration, and a core that idles
+/// while the caller sleeps. Called from a worker, an op starts on that worker at once and
+/// the other workers steal from it: a training iteration at the bundled model's shape ran
+/// 1.18x faster (BENCHMARKS.md).
+///
+/// Not for ranks that are threads of one process (the data-parallel tests): a worker
+/// blocked at their barrier could be holding, below it on its stack, the job of the rank it
+/// waits for.
+pub fn on_rayon_worker<R: Send>(work: impl FnOnce() -> R + Send) -> R {
+    // Outside the pool, `scope` injects its closure into the global pool and blocks the
+    // caller once, for the whole run.
+    rayon::scope(|_| work())
+}
+
 /// Trains as rank `group.rank()` of a data-parallel group (alone without one): each rank
 /// takes its slice of every global batch of `batchSize x world size` samples; rank 0 alone
 /// writes checkpoints, logs and grids.
