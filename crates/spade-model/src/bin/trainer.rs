@@ -88,9 +88,7 @@ fn main() -> ExitCode {
     let options = TrainOptions::parse();
     let result = stop_flag().and_then(|stop| {
         let (device, group) = setup(&options)?;
-        spade_model::train::run::on_rayon_worker(|| {
-            train(&options, &device, group, Some(&stop))
-        })
+        spade_model::train::run::on_rayon_worker(|| train(&options, &device, group, Some(&stop)))
     });
     match result {
         Ok(summary) => {

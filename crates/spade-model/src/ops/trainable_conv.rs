@@ -71,15 +71,14 @@ impl TrainableConv {
         let (ho, wo) = s.out_size(h, w);
         let mut out = vec![0f32; n * s.out_channels * ho * wo];
         let winograd = winograd_pays(&s, h, w).then(|| Winograd::new(weight, s.out_channels, c));
-        for (img, dst) in x
-            .chunks_exact(c * h * w)
-            .zip(out.chunks_exact_mut(s.out_channels * ho * wo))
-        {
-            match &winograd {
+        // The images in parallel as well as within each: the GEMMs of small maps (the
+        // discriminator's, the generator's first blocks) barely gain from a second thread.
+        x.par_chunks_exact(c * h * w)
+            .zip(out.par_chunks_exact_mut(s.out_channels * ho * wo))
+            .for_each(|(img, dst)| match &winograd {
                 Some(winograd) => winograd.image(img, h, w, bias, dst),
                 None => convolve_image(&s, Weights::F32(weight), bias, img, h, w, dst),
-            }
-        }
+            });
         Ok((
             CpuStorage::F32(out),
             Shape::from((n, s.out_channels, ho, wo)),
@@ -232,53 +231,49 @@ impl CustomOp2 for InputGrad {
                 }
             }
             let winograd = Winograd::new(&flipped, s.in_channels, s.out_channels);
-            for (g, dst) in grad
-                .chunks_exact(s.out_channels * ho * wo)
-                .zip(dx.chunks_exact_mut(s.in_channels * h * w))
-            {
-                winograd.image(g, h, w, None, dst);
-            }
+            grad.par_chunks_exact(s.out_channels * ho * wo)
+                .zip(dx.par_chunks_exact_mut(s.in_channels * h * w))
+                .for_each(|(g, dst)| winograd.image(g, h, w, None, dst));
             return Ok((CpuStorage::F32(dx), Shape::from((n, s.in_channels, h, w))));
         }
         let patch = s.patch();
         let tile_rows = rows_per_tile(&s, ho, wo);
-        with_scratch(patch * tile_rows * wo, |dcols| {
-            for (g, dst) in grad
-                .chunks_exact(s.out_channels * ho * wo)
-                .zip(dx.chunks_exact_mut(s.in_channels * h * w))
-            {
-                for y0 in (0..ho).step_by(tile_rows) {
-                    let rows = tile_rows.min(ho - y0);
-                    let pixels = rows * wo;
-                    let dcols = &mut dcols[..patch * pixels];
-                    // dcols (patch x pixels) = W^T (patch x out) * dY[:, y0..] (out x pixels)
-                    // SAFETY: `weight` is out x patch, `g` out x (ho * wo) from column `y0 * wo`.
-                    unsafe {
-                        gemm(
-                            (patch, pixels, s.out_channels),
-                            Strided {
-                                ptr: dcols.as_mut_ptr(),
-                                row: pixels,
-                                col: 1,
-                            },
-                            Strided {
-                                ptr: weight.as_ptr(),
-                                row: 1,
-                                col: patch,
-                            },
-                            Strided {
-                                ptr: g.as_ptr().add(y0 * wo),
-                                row: ho * wo,
-                                col: 1,
-                            },
-                            false,
-                            true,
-                        );
+        grad.par_chunks_exact(s.out_channels * ho * wo)
+            .zip(dx.par_chunks_exact_mut(s.in_channels * h * w))
+            .for_each(|(g, dst)| {
+                with_scratch(patch * tile_rows * wo, |dcols| {
+                    for y0 in (0..ho).step_by(tile_rows) {
+                        let rows = tile_rows.min(ho - y0);
+                        let pixels = rows * wo;
+                        let dcols = &mut dcols[..patch * pixels];
+                        // dcols (patch x pixels) = W^T (patch x out) * dY[:, y0..] (out x pixels)
+                        // SAFETY: `weight` is out x patch, `g` out x (ho * wo) from column `y0 * wo`.
+                        unsafe {
+                            gemm(
+                                (patch, pixels, s.out_channels),
+                                Strided {
+                                    ptr: dcols.as_mut_ptr(),
+                                    row: pixels,
+                                    col: 1,
+                                },
+                                Strided {
+                                    ptr: weight.as_ptr(),
+                                    row: 1,
+                                    col: patch,
+                                },
+                                Strided {
+                                    ptr: g.as_ptr().add(y0 * wo),
+                                    row: ho * wo,
+                                    col: 1,
+                                },
+                                false,
+                                true,
+                            );
+                        }
+                        col2im(dcols, h, w, &s, y0, rows, wo, dst);
                     }
-                    col2im(dcols, h, w, &s, y0, rows, wo, dst);
-                }
-            }
-        });
+                })
+            });
         Ok((CpuStorage::F32(dx), Shape::from((n, s.in_channels, h, w))))
     }
 }
@@ -370,47 +365,60 @@ pub(crate) fn weight_grad(
     let (c, out_channels) = (s.in_channels, s.out_channels);
     let patch = s.patch();
     let tile_rows = rows_per_tile(s, ho, wo);
-    let mut dw = vec![0f32; out_channels * patch];
-    with_scratch(patch * tile_rows * wo, |cols| {
-        for (img, g) in x
-            .chunks_exact(c * h * w)
-            .zip(grad.chunks_exact(out_channels * ho * wo))
-        {
-            for y0 in (0..ho).step_by(tile_rows) {
-                let rows = tile_rows.min(ho - y0);
-                let pixels = rows * wo;
-                let cols = &mut cols[..patch * pixels];
-                im2col(img, h, w, s, y0, rows, wo, cols);
-                // dW^T (patch x out) += cols (patch x pixels) * dY[:, y0..]^T (pixels x out):
-                // the long dimension (patch) as the GEMM's rows, which it splits across
-                // threads; with `out` as rows (often 32 or 64) it ran 2x slower.
-                // SAFETY: `g` is out x (ho * wo) from column `y0 * wo`, `cols` patch x pixels,
-                // `dw` out x patch.
-                unsafe {
-                    gemm(
-                        (patch, out_channels, pixels),
-                        Strided {
-                            ptr: dw.as_mut_ptr(),
-                            row: 1,
-                            col: patch,
-                        },
-                        Strided {
-                            ptr: cols.as_ptr(),
-                            row: pixels,
-                            col: 1,
-                        },
-                        Strided {
-                            ptr: g.as_ptr().add(y0 * wo),
-                            row: 1,
-                            col: ho * wo,
-                        },
-                        true,
-                        true,
-                    );
+    // Each image's share apart and in parallel (see the forward), summed in image order so
+    // that the result does not depend on the threads.
+    let shares: Vec<Vec<f32>> = x
+        .par_chunks_exact(c * h * w)
+        .zip(grad.par_chunks_exact(out_channels * ho * wo))
+        .map(|(img, g)| {
+            let mut dw = vec![0f32; out_channels * patch];
+            with_scratch(patch * tile_rows * wo, |cols| {
+                for y0 in (0..ho).step_by(tile_rows) {
+                    let rows = tile_rows.min(ho - y0);
+                    let pixels = rows * wo;
+                    let cols = &mut cols[..patch * pixels];
+                    im2col(img, h, w, s, y0, rows, wo, cols);
+                    // dW^T (patch x out) += cols (patch x pixels) * dY[:, y0..]^T (pixels x out):
+                    // the long dimension (patch) as the GEMM's rows, which it splits across
+                    // threads; with `out` as rows (often 32 or 64) it ran 2x slower.
+                    // SAFETY: `g` is out x (ho * wo) from column `y0 * wo`, `cols` patch x
+                    // pixels, `dw` out x patch.
+                    unsafe {
+                        gemm(
+                            (patch, out_channels, pixels),
+                            Strided {
+                                ptr: dw.as_mut_ptr(),
+                                row: 1,
+                                col: patch,
+                            },
+                            Strided {
+                                ptr: cols.as_ptr(),
+                                row: pixels,
+                                col: 1,
+                            },
+                            Strided {
+                                ptr: g.as_ptr().add(y0 * wo),
+                                row: 1,
+                                col: ho * wo,
+                            },
+                            true,
+                            true,
+                        );
+                    }
                 }
-            }
+            });
+            dw
+        })
+        .collect();
+    let mut shares = shares.into_iter();
+    let mut dw = shares
+        .next()
+        .unwrap_or_else(|| vec![0f32; out_channels * patch]);
+    for share in shares {
+        for (d, v) in dw.iter_mut().zip(share) {
+            *d += v;
         }
-    });
+    }
     dw
 }
 

@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 
 use candle_core::{DType, Tensor, Var};
-use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 
@@ -73,7 +72,8 @@ impl Adam {
             step_size,
             bias_correction2_sqrt,
         };
-        // Each parameter's update is independent of the others': in parallel.
+        // One parameter after the other: the update is memory-bound, and across the rayon pool
+        // it ran slower (49 ms against 45 ms per generator step at the bundled model's shape).
         let work: Vec<_> = self
             .params
             .iter()
@@ -83,7 +83,7 @@ impl Adam {
             })
             .collect();
         let updated = work
-            .into_par_iter()
+            .into_iter()
             .map(|(name, var, grad, moments)| -> Result<(String, Moments)> {
                 // A parameter's gradient can still carry the graph of the forward (candle
                 // detaches the gradients it propagates, not the sums it hands back); moments
