@@ -4,7 +4,10 @@
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Tensor, Var};
+use std::cell::RefCell;
+
+use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Storage, Tensor, Var};
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 
@@ -109,6 +112,8 @@ impl Adam {
     }
 
     /// The state as named tensors (`<param>.exp_avg`, `<param>.exp_avg_sq`) and the step.
+    /// The tensors share the optimiser's storage, which the next step updates in place:
+    /// write them out before stepping again.
     pub fn state(&self) -> (u64, HashMap<String, Tensor>) {
         let mut tensors = HashMap::new();
         for (name, m) in &self.moments {
@@ -128,7 +133,10 @@ impl Adam {
                 match tensors.get(&key) {
                     None => Ok(None),
                     Some(t) if t.dims() == var.dims() => {
-                        Ok(Some(t.to_device(var.device())?.to_dtype(var.dtype())?))
+                        // A copy of its own: the steps update the moments in place.
+                        Ok(Some(
+                            t.to_device(var.device())?.to_dtype(var.dtype())?.copy()?,
+                        ))
                     }
                     Some(t) => Err(Error::input(
                         "optimizer state",
@@ -199,15 +207,11 @@ impl Rule {
     }
 
     /// The same update in one pass over float32 CPU values instead of eleven tensor ops,
-    /// each allocating its result. It rounds as [`by_ops`](Self::by_ops) does (candle
-    /// multiplies by scalars in float32 and divides by one as a multiplication by its
-    /// reciprocal), so both give the same bits.
+    /// each allocating its result: parameter and moments are updated where they lie (fresh
+    /// copies of every parameter each step cost more in page faults than the arithmetic).
+    /// It rounds as [`by_ops`](Self::by_ops) does (candle multiplies by scalars in float32
+    /// and divides by one as a multiplication by its reciprocal), so both give the same bits.
     fn fused(&self, var: &Var, grad: &Tensor, m: Moments) -> Result<Moments> {
-        let shape = grad.shape().clone();
-        let flat = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
-        let g = flat(grad)?;
-        let (mut exp_avg, mut exp_avg_sq) = (flat(&m.exp_avg)?, flat(&m.exp_avg_sq)?);
-        let mut param = flat(var.as_tensor())?;
         let [beta1, keep1, beta2, keep2, inv_bc2, eps, step_size] = [
             self.beta1,
             1.0 - self.beta1,
@@ -218,24 +222,89 @@ impl Rule {
             self.step_size,
         ]
         .map(|c| c as f32);
-        for (((p, a), s), &g) in param
-            .iter_mut()
-            .zip(&mut exp_avg)
-            .zip(&mut exp_avg_sq)
-            .zip(&g)
-        {
-            *a = *a * beta1 + g * keep1;
-            *s = *s * beta2 + g * g * keep2;
-            let denom = s.sqrt() * inv_bc2 + eps;
-            *p -= *a / denom * step_size;
-        }
-        let device = grad.device();
-        var.set(&Tensor::from_vec(param, shape.clone(), device)?)?;
-        Ok(Moments {
-            exp_avg: Tensor::from_vec(exp_avg, shape.clone(), device)?,
-            exp_avg_sq: Tensor::from_vec(exp_avg_sq, shape, device)?,
-        })
+        let grad = grad.contiguous()?;
+        let (storage, layout) = grad.storage_and_layout();
+        let (Storage::Cpu(CpuStorage::F32(g)), Some((start, end))) =
+            (&*storage, layout.contiguous_offsets())
+        else {
+            return Err(Error::input(
+                "gradients",
+                "the fused Adam update takes f32 CPU tensors",
+            ));
+        };
+        let g = &g[start..end];
+        with_values_mut(var.as_tensor(), |param| {
+            with_values_mut(&m.exp_avg, |exp_avg| {
+                with_values_mut(&m.exp_avg_sq, |exp_avg_sq| {
+                    let lengths = [param.len(), exp_avg.len(), exp_avg_sq.len()];
+                    if lengths.iter().any(|&l| l != g.len()) {
+                        return Err(Error::input(
+                            "optimizer state",
+                            format!(
+                                "parameter and moments hold {lengths:?} values, the gradient {}",
+                                g.len()
+                            ),
+                        ));
+                    }
+                    // Element-wise: the chunking leaves every value as the serial loop did.
+                    param
+                        .par_chunks_mut(CHUNK)
+                        .zip(exp_avg.par_chunks_mut(CHUNK))
+                        .zip(exp_avg_sq.par_chunks_mut(CHUNK))
+                        .zip(g.par_chunks(CHUNK))
+                        .for_each(|(((p, a), s), g)| {
+                            for (((p, a), s), &g) in p.iter_mut().zip(a).zip(s).zip(g) {
+                                *a = *a * beta1 + g * keep1;
+                                *s = *s * beta2 + g * g * keep2;
+                                let denom = s.sqrt() * inv_bc2 + eps;
+                                *p -= *a / denom * step_size;
+                            }
+                        });
+                    Ok(())
+                })?
+            })?
+        })??;
+        Ok(m)
     }
+}
+
+/// Values per task of the in-place update (1 MiB of each operand).
+const CHUNK: usize = 1 << 18;
+
+/// Runs `f` on the values of the contiguous float32 CPU tensor `t`, in place: every tensor
+/// that shares `t`'s storage sees the change.
+fn with_values_mut<R>(t: &Tensor, f: impl FnOnce(&mut [f32]) -> R) -> Result<R> {
+    /// candle hands out a tensor's storage for writing only to an in-place op.
+    struct Update<F, R> {
+        f: RefCell<Option<F>>,
+        result: RefCell<Option<R>>,
+    }
+    impl<F: FnOnce(&mut [f32]) -> R, R> InplaceOp1 for Update<F, R> {
+        fn name(&self) -> &'static str {
+            "adam-update"
+        }
+
+        fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
+            let (CpuStorage::F32(values), Some((start, end))) =
+                (storage, layout.contiguous_offsets())
+            else {
+                candle_core::bail!("the fused Adam update takes contiguous f32 tensors");
+            };
+            if let Some(f) = self.f.borrow_mut().take() {
+                *self.result.borrow_mut() = Some(f(&mut values[start..end]));
+            }
+            Ok(())
+        }
+    }
+    let update = Update {
+        f: RefCell::new(Some(f)),
+        result: RefCell::new(None),
+    };
+    t.inplace_op1(&update)?;
+    update
+        .result
+        .into_inner()
+        .ok_or_else(|| Error::input("optimizer state", "a parameter is not on the CPU"))
 }
 
 #[cfg(test)]
