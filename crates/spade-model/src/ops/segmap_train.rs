@@ -134,9 +134,11 @@ impl CustomOp3 for WeightGrad {
         let patch = s.patch();
         let out = match decoded {
             Some(maps) => {
+                let (k, pad) = (s.kernel[0], s.padding[0]);
                 let runs: Vec<RowRuns> = maps
                     .iter()
                     .map(|(labels, edges)| RowRuns::new(labels, edges, self.classes, h, w))
+                    .map(|runs| runs.with_boundaries(k, pad, w))
                     .collect();
                 let mut out = vec![0f32; s.out_channels * (patch + 1)];
                 out.par_chunks_mut(patch + 1)
@@ -156,8 +158,10 @@ impl CustomOp3 for WeightGrad {
     }
 }
 
-/// Per image and row, the runs of each input channel that is 1: `(start, end, channel)`.
-struct RowRuns(Vec<Vec<(usize, usize, usize)>>);
+/// Per image and row, the runs of each input channel that is 1: `(start, end, channel)`;
+/// and per output row, the columns at which the weight gradient reads prefix sums of that
+/// row's output gradient (where a run, seen through a tap, begins or ends; and `w`).
+struct RowRuns(Vec<Vec<(usize, usize, usize)>>, Vec<Vec<usize>>);
 
 impl RowRuns {
     fn new(labels: &[u32], edges: &[bool], classes: usize, h: usize, w: usize) -> Self {
@@ -185,8 +189,39 @@ impl RowRuns {
                 runs
             })
             .collect();
-        Self(rows)
+        Self(rows, Vec::new())
     }
+
+    fn with_boundaries(mut self, k: usize, pad: usize, w: usize) -> Self {
+        let h = self.0.len();
+        self.1 = (0..h)
+            .map(|y| {
+                let mut points = vec![w];
+                for iy in input_rows(y, k, pad, h).map(|(_, iy)| iy) {
+                    for &(start, end, _) in &self.0[iy] {
+                        for kx in 0..k {
+                            points.push((start + pad).saturating_sub(kx).min(w));
+                            points.push((end + pad).saturating_sub(kx).min(w));
+                        }
+                    }
+                }
+                points.sort_unstable();
+                points.dedup();
+                points
+            })
+            .collect();
+        self
+    }
+}
+
+/// `(ky, iy)`: the input rows that output row `y` reads through the kernel rows `ky`.
+fn input_rows(y: usize, k: usize, pad: usize, h: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..k).filter_map(move |ky| {
+        (y + ky)
+            .checked_sub(pad)
+            .filter(|&iy| iy < h)
+            .map(|iy| (ky, iy))
+    })
 }
 
 impl WeightGrad {
@@ -202,19 +237,20 @@ impl WeightGrad {
         let s = self.shape;
         let (k, pad) = (s.kernel[0], s.padding[0]);
         let mut acc = vec![0f64; s.patch() + 1];
+        // Prefix sums of an output-gradient row, valid at the row's boundary columns.
         let mut prefix = vec![0f64; w + 1];
         for (img, runs) in runs.iter().enumerate().take(n) {
             let plane = &masked[(img * s.out_channels + o) * h * w..][..h * w];
             for y in 0..h {
-                for (x, &g) in plane[y * w..(y + 1) * w].iter().enumerate() {
-                    prefix[x + 1] = prefix[x] + f64::from(g);
+                let row = &plane[y * w..(y + 1) * w];
+                let mut last = (0, 0f64);
+                for &x in &runs.1[y] {
+                    last = (x, last.1 + sum_f64(&row[last.0..x]));
+                    prefix[x] = last.1;
                 }
+                prefix[0] = 0.0;
                 acc[s.patch()] += prefix[w];
-                for ky in 0..k {
-                    // Output row y reads input row y + ky - pad through the taps ky.
-                    let Some(iy) = (y + ky).checked_sub(pad).filter(|&iy| iy < h) else {
-                        continue;
-                    };
+                for (ky, iy) in input_rows(y, k, pad, h) {
                     for &(start, end, channel) in &runs.0[iy] {
                         for kx in 0..k {
                             // Output columns x with x + kx - pad in [start, end).
@@ -232,6 +268,20 @@ impl WeightGrad {
             *dst = v as f32;
         }
     }
+}
+
+/// The float64 sum of float32 values, in eight independent lanes so that it vectorises
+/// (a single running sum waits on every add).
+fn sum_f64(values: &[f32]) -> f64 {
+    let mut lanes = [0f64; 8];
+    let chunks = values.chunks_exact(8);
+    let tail: f64 = chunks.remainder().iter().map(|&v| f64::from(v)).sum();
+    for chunk in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane += f64::from(v);
+        }
+    }
+    lanes.iter().sum::<f64>() + tail
 }
 
 #[cfg(test)]
