@@ -134,11 +134,9 @@ impl CustomOp3 for WeightGrad {
         let patch = s.patch();
         let out = match decoded {
             Some(maps) => {
-                let (k, pad) = (s.kernel[0], s.padding[0]);
                 let runs: Vec<RowRuns> = maps
                     .iter()
-                    .map(|(labels, edges)| RowRuns::new(labels, edges, self.classes, h, w))
-                    .map(|runs| runs.with_boundaries(k, pad, w))
+                    .map(|(labels, edges)| RowRuns::new(labels, edges, self.classes, &s, h, w))
                     .collect();
                 let mut out = vec![0f32; s.out_channels * (patch + 1)];
                 out.par_chunks_mut(patch + 1)
@@ -158,13 +156,24 @@ impl CustomOp3 for WeightGrad {
     }
 }
 
-/// Per image and row, the runs of each input channel that is 1: `(start, end, channel)`;
-/// and per output row, the columns at which the weight gradient reads prefix sums of that
-/// row's output gradient (where a run, seen through a tap, begins or ends; and `w`).
-struct RowRuns(Vec<Vec<(usize, usize, usize)>>, Vec<Vec<usize>>);
+/// One image's label map as runs along its rows.
+struct RowRuns {
+    /// Per row, the runs of each input channel that is 1: `(start, end, channel)`.
+    runs: Vec<Vec<(usize, usize, usize)>>,
+    /// Per output row, the sorted columns at which the weight gradient reads prefix sums of
+    /// that row's output gradient: where a run, seen through a tap, begins or ends; and `w`.
+    boundaries: Vec<Vec<usize>>,
+}
 
 impl RowRuns {
-    fn new(labels: &[u32], edges: &[bool], classes: usize, h: usize, w: usize) -> Self {
+    fn new(
+        labels: &[u32],
+        edges: &[bool],
+        classes: usize,
+        s: &ConvShape,
+        h: usize,
+        w: usize,
+    ) -> Self {
         let rows = (0..h)
             .map(|y| {
                 let (labels, edges) = (&labels[y * w..][..w], &edges[y * w..][..w]);
@@ -188,17 +197,13 @@ impl RowRuns {
                 }
                 runs
             })
-            .collect();
-        Self(rows, Vec::new())
-    }
-
-    fn with_boundaries(mut self, k: usize, pad: usize, w: usize) -> Self {
-        let h = self.0.len();
-        self.1 = (0..h)
+            .collect::<Vec<_>>();
+        let (k, pad) = (s.kernel[0], s.padding[0]);
+        let boundaries = (0..h)
             .map(|y| {
                 let mut points = vec![w];
-                for iy in input_rows(y, k, pad, h).map(|(_, iy)| iy) {
-                    for &(start, end, _) in &self.0[iy] {
+                for (_, iy) in input_rows(y, k, pad, h) {
+                    for &(start, end, _) in &rows[iy] {
                         for kx in 0..k {
                             points.push((start + pad).saturating_sub(kx).min(w));
                             points.push((end + pad).saturating_sub(kx).min(w));
@@ -210,7 +215,10 @@ impl RowRuns {
                 points
             })
             .collect();
-        self
+        Self {
+            runs: rows,
+            boundaries,
+        }
     }
 }
 
@@ -244,14 +252,14 @@ impl WeightGrad {
             for y in 0..h {
                 let row = &plane[y * w..(y + 1) * w];
                 let mut last = (0, 0f64);
-                for &x in &runs.1[y] {
+                for &x in &runs.boundaries[y] {
                     last = (x, last.1 + sum_f64(&row[last.0..x]));
                     prefix[x] = last.1;
                 }
                 prefix[0] = 0.0;
                 acc[s.patch()] += prefix[w];
                 for (ky, iy) in input_rows(y, k, pad, h) {
-                    for &(start, end, channel) in &runs.0[iy] {
+                    for &(start, end, channel) in &runs.runs[iy] {
                         for kx in 0..k {
                             // Output columns x with x + kx - pad in [start, end).
                             let lo = (start + pad).saturating_sub(kx).min(w);
