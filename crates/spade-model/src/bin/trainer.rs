@@ -88,7 +88,15 @@ fn main() -> ExitCode {
     let options = TrainOptions::parse();
     let result = stop_flag().and_then(|stop| {
         let (device, group) = setup(&options)?;
-        spade_model::train::run::on_rayon_worker(|| train(&options, &device, group, Some(&stop)))
+        if device.is_cpu() {
+            // Our CPU kernels run on rayon; on a GPU the loop stays on the thread that
+            // created the device (and the NCCL communicator).
+            spade_model::train::run::on_rayon_worker(|| {
+                train(&options, &device, group, Some(&stop))
+            })
+        } else {
+            train(&options, &device, group, Some(&stop))
+        }
     });
     match result {
         Ok(summary) => {
