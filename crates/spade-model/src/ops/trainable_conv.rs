@@ -365,57 +365,68 @@ pub(crate) fn weight_grad(
     let (c, out_channels) = (s.in_channels, s.out_channels);
     let patch = s.patch();
     let tile_rows = rows_per_tile(s, ho, wo);
-    // Each image's share apart and in parallel (see the forward), summed in image order so
-    // that the result does not depend on the threads.
-    let shares: Vec<Vec<f32>> = x
-        .par_chunks_exact(c * h * w)
-        .zip(grad.par_chunks_exact(out_channels * ho * wo))
-        .map(|(img, g)| {
+    // The images in contiguous groups, one per thread, each group accumulating its images'
+    // shares in order (see the forward); the groups' sums are added in order, so the result
+    // depends on the thread count only, and memory on it, not on the batch.
+    let image = c * h * w;
+    let images = x.len() / image;
+    let groups = rayon::current_num_threads().clamp(1, images.max(1));
+    let per_group = images.div_ceil(groups).max(1);
+    let sums: Vec<Vec<f32>> = x
+        .par_chunks(per_group * image)
+        .zip(grad.par_chunks(per_group * out_channels * ho * wo))
+        .map(|(images, grads)| {
             let mut dw = vec![0f32; out_channels * patch];
             with_scratch(patch * tile_rows * wo, |cols| {
-                for y0 in (0..ho).step_by(tile_rows) {
-                    let rows = tile_rows.min(ho - y0);
-                    let pixels = rows * wo;
-                    let cols = &mut cols[..patch * pixels];
-                    im2col(img, h, w, s, y0, rows, wo, cols);
-                    // dW^T (patch x out) += cols (patch x pixels) * dY[:, y0..]^T (pixels x out):
-                    // the long dimension (patch) as the GEMM's rows, which it splits across
-                    // threads; with `out` as rows (often 32 or 64) it ran 2x slower.
-                    // SAFETY: `g` is out x (ho * wo) from column `y0 * wo`, `cols` patch x
-                    // pixels, `dw` out x patch.
-                    unsafe {
-                        gemm(
-                            (patch, out_channels, pixels),
-                            Strided {
-                                ptr: dw.as_mut_ptr(),
-                                row: 1,
-                                col: patch,
-                            },
-                            Strided {
-                                ptr: cols.as_ptr(),
-                                row: pixels,
-                                col: 1,
-                            },
-                            Strided {
-                                ptr: g.as_ptr().add(y0 * wo),
-                                row: 1,
-                                col: ho * wo,
-                            },
-                            true,
-                            true,
-                        );
+                for (img, g) in images
+                    .chunks_exact(image)
+                    .zip(grads.chunks_exact(out_channels * ho * wo))
+                {
+                    for y0 in (0..ho).step_by(tile_rows) {
+                        let rows = tile_rows.min(ho - y0);
+                        let pixels = rows * wo;
+                        let cols = &mut cols[..patch * pixels];
+                        im2col(img, h, w, s, y0, rows, wo, cols);
+                        // dW^T (patch x out) += cols (patch x pixels) * dY[:, y0..]^T
+                        // (pixels x out): the long dimension (patch) as the GEMM's rows, which
+                        // it splits across threads; with `out` as rows (often 32 or 64) it ran
+                        // 2x slower.
+                        // SAFETY: `g` is out x (ho * wo) from column `y0 * wo`, `cols` patch x
+                        // pixels, `dw` out x patch.
+                        unsafe {
+                            gemm(
+                                (patch, out_channels, pixels),
+                                Strided {
+                                    ptr: dw.as_mut_ptr(),
+                                    row: 1,
+                                    col: patch,
+                                },
+                                Strided {
+                                    ptr: cols.as_ptr(),
+                                    row: pixels,
+                                    col: 1,
+                                },
+                                Strided {
+                                    ptr: g.as_ptr().add(y0 * wo),
+                                    row: 1,
+                                    col: ho * wo,
+                                },
+                                true,
+                                true,
+                            );
+                        }
                     }
                 }
             });
             dw
         })
         .collect();
-    let mut shares = shares.into_iter();
-    let mut dw = shares
+    let mut sums = sums.into_iter();
+    let mut dw = sums
         .next()
         .unwrap_or_else(|| vec![0f32; out_channels * patch]);
-    for share in shares {
-        for (d, v) in dw.iter_mut().zip(share) {
+    for sum in sums {
+        for (d, v) in dw.iter_mut().zip(sum) {
             *d += v;
         }
     }

@@ -233,6 +233,9 @@ impl Rule {
             ));
         };
         let g = &g[start..end];
+        // Three write locks held at once: parameter and moments must have storages of their
+        // own (the moments are made by `zeros_like`, and copied when loaded), as a shared one
+        // would wait on its own lock.
         with_values_mut(var.as_tensor(), |param| {
             with_values_mut(&m.exp_avg, |exp_avg| {
                 with_values_mut(&m.exp_avg_sq, |exp_avg_sq| {
@@ -393,6 +396,32 @@ mod tests {
             w.as_tensor().to_vec1::<f32>().unwrap(),
             w2.as_tensor().to_vec1::<f32>().unwrap()
         );
+    }
+
+    /// The in-place update refuses moments that do not fit the parameter instead of
+    /// writing past or short of them.
+    #[test]
+    fn moments_of_another_size_are_refused_in_place() {
+        let (_, w) = adam();
+        let short = || Tensor::zeros(2, candle_core::DType::F32, &Device::Cpu).unwrap();
+        let moments = Moments {
+            exp_avg: short(),
+            exp_avg_sq: short(),
+        };
+        let rule = Rule {
+            beta1: 0.5,
+            beta2: 0.9,
+            eps: 1e-8,
+            step_size: 0.1,
+            bias_correction2_sqrt: 1.0,
+        };
+        let grad = w.as_tensor().ones_like().unwrap();
+        let err = rule.fused(&w, &grad, moments).unwrap_err().to_string();
+        assert!(
+            err.contains("[3, 2, 2]") && err.contains("gradient 3"),
+            "{err}"
+        );
+        assert_eq!(w.as_tensor().to_vec1::<f32>().unwrap(), [1.0, -2.0, 3.0]);
     }
 
     #[test]
