@@ -32,6 +32,7 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     // As the trainer runs.
     spade_model::train::run::serial_candle_elementwise();
+    spade_model::train::run::retain_freed_memory();
     let device = crate::parse_device(&args.device)?;
     let batch_size = args.batch.to_string();
     let mut options: Vec<&str> = match args.config.as_str() {

@@ -85,6 +85,7 @@ fn stop_flag() -> Result<Arc<AtomicBool>> {
 
 fn main() -> ExitCode {
     spade_model::train::run::serial_candle_elementwise();
+    spade_model::train::run::retain_freed_memory();
     let options = TrainOptions::parse();
     let result = stop_flag().and_then(|stop| {
         let (device, group) = setup(&options)?;

@@ -7,6 +7,8 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::reduce::{dot_f64, sum_by, sum_f64};
+
 /// `F.leaky_relu(x, 0.2)`; the gradient is `dy` where `x > 0`, else `0.2 dy` (PyTorch's).
 pub fn leaky_relu(x: &Tensor) -> candle_core::Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
@@ -117,22 +119,18 @@ impl Normalize {
         }
     }
 
-    /// The mean of `f(plane, element)` over each group, accumulated in f64.
-    fn group_means(&self, dims: [usize; 4], f: impl Fn(usize, usize) -> f64 + Sync) -> Vec<f64> {
-        let [n, c, h, w] = dims;
-        let plane = h * w;
+    /// The mean over each group of `plane_sum(plane)`, the f64 sum of a function of that
+    /// plane's elements.
+    fn group_means(&self, dims: [usize; 4], plane_sum: impl Fn(usize) -> f64 + Sync) -> Vec<f64> {
+        let [n, c, _, _] = dims;
         let count = self.count(dims);
         (0..self.groups(n, c))
             .into_par_iter()
             .map(|g| {
-                let planes: Vec<usize> = match self.stats {
-                    Statistics::Instance => vec![g],
-                    Statistics::Batch => (0..n).map(|i| i * c + g).collect(),
+                let sum: f64 = match self.stats {
+                    Statistics::Instance => plane_sum(g),
+                    Statistics::Batch => (0..n).map(|i| plane_sum(i * c + g)).sum(),
                 };
-                let sum = planes
-                    .iter()
-                    .map(|&p| (0..plane).map(|i| f(p, p * plane + i)).sum::<f64>())
-                    .sum::<f64>();
                 sum / count
             })
             .collect()
@@ -148,10 +146,12 @@ impl Normalize {
 
     /// Mean and biased variance per group.
     fn moments(&self, x: &[f32], dims: [usize; 4]) -> (Vec<f64>, Vec<f64>) {
-        let mean = self.group_means(dims, |_, i| f64::from(x[i]));
-        let c = dims[1];
-        let var = self.group_means(dims, |p, i| {
-            (f64::from(x[i]) - mean[self.group_of(p, c)]).powi(2)
+        let plane = dims[2] * dims[3];
+        let values = |p: usize| &x[p * plane..][..plane];
+        let mean = self.group_means(dims, |p| sum_f64(values(p)));
+        let var = self.group_means(dims, |p| {
+            let m = mean[self.group_of(p, dims[1])];
+            sum_by(values(p), |v| (f64::from(v) - m).powi(2))
         });
         (mean, var)
     }
@@ -237,9 +237,13 @@ impl CustomOp3 for Normalize {
         let dy = slice(gs, gl, "normalize")?;
         let dims = dims4(xl)?;
         let inv_std = self.inv_std(&self.moments(x, dims).1);
-        let mean_dy = self.group_means(dims, |_, i| f64::from(dy[i]));
-        let mean_dy_y = self.group_means(dims, |_, i| f64::from(dy[i]) * f64::from(y[i]));
         let plane = dims[2] * dims[3];
+        let (dy_plane, y_plane) = (
+            |p: usize| &dy[p * plane..][..plane],
+            |p: usize| &y[p * plane..][..plane],
+        );
+        let mean_dy = self.group_means(dims, |p| sum_f64(dy_plane(p)));
+        let mean_dy_y = self.group_means(dims, |p| dot_f64(dy_plane(p), y_plane(p)));
         let mut dx = vec![0f32; x.len()];
         dx.par_chunks_mut(plane).enumerate().for_each(|(p, out)| {
             let g = self.group_of(p, dims[1]);

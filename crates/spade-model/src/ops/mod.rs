@@ -10,7 +10,7 @@
 //! (leaky ReLU and normalisations with hand-written gradients), [`all_reduce`]. Pooling with
 //! padding left out of the window: [`pool`]; nearest upsampling by 2: [`upsample`] (both
 //! with gradients).
-//! Shared machinery: [`gemm`], [`gemm_bf16`] (bfloat16 products on AMX / AVX512-BF16), [`im2col`], [`scratch`], [`layout`]; [`profile`] times them.
+//! Shared machinery: [`gemm`], [`gemm_bf16`] (bfloat16 products on AMX / AVX512-BF16), [`im2col`], [`scratch`], [`layout`], [`reduce`]; [`profile`] times them.
 
 pub mod all_reduce;
 pub mod conv;
@@ -23,6 +23,7 @@ pub mod modulate;
 pub mod modulate_train;
 pub mod pool;
 pub mod profile;
+pub(crate) mod reduce;
 pub mod scratch;
 pub mod segmap;
 pub mod segmap_train;

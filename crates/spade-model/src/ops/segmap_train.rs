@@ -11,6 +11,7 @@ use rayon::prelude::*;
 
 use super::im2col::ConvShape;
 use super::layout::nchw;
+use super::reduce::sum_f64;
 use super::segmap::{decode_one_hot, SegmapConv};
 use super::trainable_conv::{weight_grad, with_bias_gradient};
 
@@ -276,20 +277,6 @@ impl WeightGrad {
             *dst = v as f32;
         }
     }
-}
-
-/// The float64 sum of float32 values, in eight independent lanes so that it vectorises
-/// (a single running sum waits on every add).
-fn sum_f64(values: &[f32]) -> f64 {
-    let mut lanes = [0f64; 8];
-    let chunks = values.chunks_exact(8);
-    let tail: f64 = chunks.remainder().iter().map(|&v| f64::from(v)).sum();
-    for chunk in chunks {
-        for (lane, &v) in lanes.iter_mut().zip(chunk) {
-            *lane += f64::from(v);
-        }
-    }
-    lanes.iter().sum::<f64>() + tail
 }
 
 #[cfg(test)]

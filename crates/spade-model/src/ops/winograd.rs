@@ -5,7 +5,7 @@
 //! Each 4 x 4 block of output pixels ("tile") is computed from the 6 x 6 input window around
 //! it. In the transformed domain the convolution becomes, for each of the 36 window
 //! positions `xi`, one GEMM `M[xi] = U[xi] (out x in) * V[xi] (in x tiles)`, where
-//! `U = G g G^T` is the transformed kernel (computed once, in f64) and `V = B^T d B` the
+//! `U = G g G^T` is the transformed kernel (all kernels in one GEMM) and `V = B^T d B` the
 //! transformed input window; the output tile is `A^T m A`. The transforms are written
 //! across whole rows of tiles so that they vectorise; the image is processed a band of tile
 //! rows at a time so that the transformed band stays in cache.
@@ -60,22 +60,15 @@ fn output_transform(m: [&[f32]; WINDOW], out: [&mut [f32]; TILE]) {
     }
 }
 
-/// `G`, expanding 3-tap kernel rows into 6 transformed taps each: lane `l` of `g` into lane
-/// `l` of `out`.
-fn kernel_transform(g: [&[f64]; 3], out: [&mut [f64]; WINDOW]) {
-    let n = out[0].len();
-    let [a, b, c] = g.map(|s| &s[..n]);
-    let [o0, o1, o2, o3, o4, o5] = out.map(|s| &mut s[..n]);
-    for l in 0..n {
-        let (a, b, c) = (a[l], b[l], c[l]);
-        o0[l] = a / 4.0;
-        o1[l] = -(a + b + c) / 6.0;
-        o2[l] = -(a - b + c) / 6.0;
-        o3[l] = a / 24.0 + b / 12.0 + c / 6.0;
-        o4[l] = a / 24.0 - b / 12.0 + c / 6.0;
-        o5[l] = c;
-    }
-}
+/// `G`: row `i` weighs a 3-tap kernel row into transformed tap `i` (`U = G g G^T`).
+const G: [[f64; 3]; WINDOW] = [
+    [1.0 / 4.0, 0.0, 0.0],
+    [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+    [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+    [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+    [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+    [0.0, 0.0, 1.0],
+];
 
 /// `A`, the adjoint of [`output_transform`]: spreads 4 output-gradient pixels over the 6
 /// transformed positions.
@@ -91,14 +84,9 @@ fn output_transform_adjoint(t: [f32; TILE]) -> [f32; WINDOW] {
     ]
 }
 
-/// `G^T`, the adjoint of [`kernel_transform`]: folds 6 transformed taps into a 3-tap row.
+/// `G^T`, the adjoint of the kernel transform: folds 6 transformed taps into a 3-tap row.
 fn kernel_transform_adjoint(u: [f64; WINDOW]) -> [f64; 3] {
-    let [u0, u1, u2, u3, u4, u5] = u;
-    [
-        u0 / 4.0 - (u1 + u2) / 6.0 + (u3 + u4) / 24.0,
-        (u2 - u1) / 6.0 + (u3 - u4) / 12.0,
-        (u3 + u4 - u1 - u2) / 6.0 + u5,
-    ]
+    std::array::from_fn(|k| (0..WINDOW).map(|i| G[i][k] * u[i]).sum())
 }
 
 /// Tile rows per band with `channels` transformed planes (input and output): as many as fit
@@ -130,39 +118,48 @@ impl Winograd {
     /// `weight`: `out x in x 3 x 3`, row-major.
     pub fn new(weight: &[f32], out_channels: usize, in_channels: usize) -> Self {
         let _time = super::profile::scope("winograd kernels");
-        let (co, ci) = (out_channels, in_channels);
-        // Output channels in parallel, input channels as vector lanes: `[xi][in]` per output
-        // channel. Training transforms every weight on every step, so this is no one-off.
-        let per_output: Vec<Vec<f32>> = (0..co)
-            .into_par_iter()
-            .map(|o| {
-                // `[tap][in]` in f64.
-                let mut taps = vec![0f64; 9 * ci];
-                for (c, g) in weight[o * ci * 9..][..ci * 9].chunks_exact(9).enumerate() {
-                    for (t, &value) in g.iter().enumerate() {
-                        taps[t * ci + c] = f64::from(value);
-                    }
-                }
-                let tap = |r: usize, k: usize| &taps[(r * 3 + k) * ci..][..ci];
-                // G g: transform each kernel column (`[k][i][in]`), then each row of the
-                // result (G g G^T).
-                let mut columns = vec![0f64; 3 * WINDOW * ci];
-                for (k, column) in columns.chunks_exact_mut(WINDOW * ci).enumerate() {
-                    kernel_transform([tap(0, k), tap(1, k), tap(2, k)], split(column, ci));
-                }
-                let column = |k: usize, i: usize| &columns[(k * WINDOW + i) * ci..][..ci];
-                let mut rows = vec![0f64; POSITIONS * ci];
-                for (i, row) in rows.chunks_exact_mut(WINDOW * ci).enumerate() {
-                    kernel_transform([column(0, i), column(1, i), column(2, i)], split(row, ci));
-                }
-                rows.into_iter().map(|v| v as f32).collect()
+        let pairs = out_channels * in_channels;
+        assert_eq!(
+            weight.len(),
+            pairs * 9,
+            "Winograd weights must be out x in x 3 x 3"
+        );
+        // U[(i, j)] = sum over taps (r, k) of G[i][r] G[j][k] g[r][k] for every (out, in)
+        // pair at once: the 36 x 9 products of G's entries times the weights as
+        // 9 x (out * in), one GEMM. Training transforms every weight on every step.
+        let products: Vec<f32> = (0..POSITIONS * 9)
+            .map(|e| {
+                let ((i, j), (r, k)) = ((e / 9 / WINDOW, e / 9 % WINDOW), (e % 9 / 3, e % 3));
+                (G[i][r] * G[j][k]) as f32
             })
             .collect();
-        let mut u = vec![0f32; POSITIONS * co * ci];
-        for (o, kernels) in per_output.iter().enumerate() {
-            for (xi, row) in kernels.chunks_exact(ci).enumerate() {
-                u[(xi * co + o) * ci..][..ci].copy_from_slice(row);
-            }
+        // Written in full by the GEMM (which does not read it): no zero-filling pass.
+        let mut u = Vec::<f32>::with_capacity(POSITIONS * pairs);
+        // SAFETY: `u` has room for 36 x pairs values, `products` holds 36 x 9, and tap `t`
+        // of pair `p` is `weight[p * 9 + t]` (asserted length). The GEMM writes every
+        // element of `u` (it overwrites, not accumulates), so all are initialised.
+        unsafe {
+            gemm(
+                (POSITIONS, pairs, 9),
+                Strided {
+                    ptr: u.spare_capacity_mut().as_mut_ptr().cast::<f32>(),
+                    row: pairs,
+                    col: 1,
+                },
+                Strided {
+                    ptr: products.as_ptr(),
+                    row: 9,
+                    col: 1,
+                },
+                Strided {
+                    ptr: weight.as_ptr(),
+                    row: 1,
+                    col: 9,
+                },
+                false,
+                true,
+            );
+            u.set_len(POSITIONS * pairs);
         }
         Self {
             in_channels,

@@ -70,6 +70,27 @@ pub fn serial_candle_elementwise() {
     }
 }
 
+/// Keeps the memory a training iteration frees for the next iteration's tensors instead of
+/// handing it back to the kernel. Call first thing in a training process, before any
+/// allocation of size.
+///
+/// Every iteration allocates and frees the same few hundred megabytes of activations and
+/// gradients. glibc's malloc gives large freed blocks back (it trims the top of each heap
+/// and unmaps the blocks it mapped), so the next iteration faults the same pages in again,
+/// zeroed by the kernel, and each unmap interrupts the other cores to flush their TLBs: a
+/// tenth of the CPU time of an iteration at the bundled model's shape. Kept, the freed
+/// blocks are reused as they are; the peak stays the same (BENCHMARKS.md).
+pub fn retain_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `mallopt` only sets malloc's tuning parameters; it is safe to call at any
+    // time, and both values are in the range glibc accepts (32 MiB is its largest mmap
+    // threshold; blocks above it are still mapped and unmapped).
+    unsafe {
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+    }
+}
+
 /// Runs `work` on one of rayon's worker threads and returns its result. Call it around the
 /// training loop of a process that trains alone (the `trainer` binary, `spade bench-train`).
 ///
