@@ -16,6 +16,7 @@ use rayon::prelude::*;
 use super::gemm::{gemm, Strided};
 use super::im2col::{convolve_image, for_each_tap_row, im2col, rows_per_tile, ConvShape, Weights};
 use super::layout::nchw;
+use super::reduce::sum_f64;
 use super::scratch::with_scratch;
 use super::winograd::Winograd;
 
@@ -333,7 +334,7 @@ pub(crate) fn with_bias_gradient(
     let patch = dw.len() / out_channels;
     let mut sums = vec![0f64; out_channels];
     for (i, values) in grad.chunks_exact(plane).enumerate() {
-        sums[i % out_channels] += values.iter().map(|&v| f64::from(v)).sum::<f64>();
+        sums[i % out_channels] += sum_f64(values);
     }
     let mut rows = Vec::with_capacity(out_channels * (patch + 1));
     for (o, sum) in sums.into_iter().enumerate() {
