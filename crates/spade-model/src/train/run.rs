@@ -79,7 +79,8 @@ pub fn serial_candle_elementwise() {
 /// and unmaps the blocks it mapped), so the next iteration faults the same pages in again,
 /// zeroed by the kernel, and each unmap interrupts the other cores to flush their TLBs: a
 /// tenth of the CPU time of an iteration at the bundled model's shape. Kept, the freed
-/// blocks are reused as they are; the peak stays the same (BENCHMARKS.md).
+/// blocks are reused as they are: the whole run 4 % faster, its peak 566 -> 620 MiB
+/// (BENCHMARKS.md).
 pub fn retain_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: `mallopt` only sets malloc's tuning parameters; it is safe to call at any
