@@ -383,40 +383,7 @@ pub(crate) fn weight_grad(
                     .chunks_exact(image)
                     .zip(grads.chunks_exact(out_channels * ho * wo))
                 {
-                    for y0 in (0..ho).step_by(tile_rows) {
-                        let rows = tile_rows.min(ho - y0);
-                        let pixels = rows * wo;
-                        let cols = &mut cols[..patch * pixels];
-                        im2col(img, h, w, s, y0, rows, wo, cols);
-                        // dW^T (patch x out) += cols (patch x pixels) * dY[:, y0..]^T
-                        // (pixels x out): the long dimension (patch) as the GEMM's rows, which
-                        // it splits across threads; with `out` as rows (often 32 or 64) it ran
-                        // 2x slower.
-                        // SAFETY: `g` is out x (ho * wo) from column `y0 * wo`, `cols` patch x
-                        // pixels, `dw` out x patch.
-                        unsafe {
-                            gemm(
-                                (patch, out_channels, pixels),
-                                Strided {
-                                    ptr: dw.as_mut_ptr(),
-                                    row: 1,
-                                    col: patch,
-                                },
-                                Strided {
-                                    ptr: cols.as_ptr(),
-                                    row: pixels,
-                                    col: 1,
-                                },
-                                Strided {
-                                    ptr: g.as_ptr().add(y0 * wo),
-                                    row: 1,
-                                    col: ho * wo,
-                                },
-                                true,
-                                true,
-                            );
-                        }
-                    }
+                    add_image_weight_grad(s, img, g, (h, w), tile_rows, cols, &mut dw);
                 }
             });
             dw
@@ -432,6 +399,55 @@ pub(crate) fn weight_grad(
         }
     }
     dw
+}
+
+/// `dw` (`out x patch`) `+= dY cols^T` for one image `img` (`in x h x w`) and its output
+/// gradient `g` (`out x ho x wo`), im2col tile by tile of `tile_rows` output rows in `cols`.
+fn add_image_weight_grad(
+    s: &ConvShape,
+    img: &[f32],
+    g: &[f32],
+    (h, w): (usize, usize),
+    tile_rows: usize,
+    cols: &mut [f32],
+    dw: &mut [f32],
+) {
+    let (ho, wo) = s.out_size(h, w);
+    let patch = s.patch();
+    assert!(g.len() >= s.out_channels * ho * wo && dw.len() >= s.out_channels * patch);
+    for y0 in (0..ho).step_by(tile_rows) {
+        let rows = tile_rows.min(ho - y0);
+        let pixels = rows * wo;
+        let cols = &mut cols[..patch * pixels];
+        im2col(img, h, w, s, y0, rows, wo, cols);
+        // dW^T (patch x out) += cols (patch x pixels) * dY[:, y0..]^T (pixels x out): the long
+        // dimension (patch) as the GEMM's rows, which it splits across threads; with `out` as
+        // rows (often 32 or 64) it ran 2x slower.
+        // SAFETY: `g` is out x (ho * wo) from column `y0 * wo`, `cols` patch x pixels, `dw`
+        // out x patch (asserted above).
+        unsafe {
+            gemm(
+                (patch, s.out_channels, pixels),
+                Strided {
+                    ptr: dw.as_mut_ptr(),
+                    row: 1,
+                    col: patch,
+                },
+                Strided {
+                    ptr: cols.as_ptr(),
+                    row: pixels,
+                    col: 1,
+                },
+                Strided {
+                    ptr: g.as_ptr().add(y0 * wo),
+                    row: 1,
+                    col: ho * wo,
+                },
+                true,
+                true,
+            );
+        }
+    }
 }
 
 /// Adds the patch gradients `dcols` (`patch x (rows * wo)`) of output rows `y0..y0+rows`
